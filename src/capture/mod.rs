@@ -1,0 +1,27 @@
+//! Sources: where frames and samples come from. The built-in test card and tone are the
+//! defaults whenever no device is configured, and drive every automated test.
+
+pub mod test_card;
+pub mod tone;
+
+use crate::media::{AudioBlock, VideoFrame};
+
+/// Produces raw video frames, paced in real time by the media clock.
+pub trait VideoSource: Send {
+    /// Blocks until the next frame is due and returns it (pts = capture time).
+    fn next_frame(&mut self) -> anyhow::Result<VideoFrame>;
+    /// Frames the source had to skip because the consumer was late.
+    fn skipped(&self) -> u64 {
+        0
+    }
+    /// A human description for logs and status ("test card 1280x720@30").
+    fn describe(&self) -> String;
+}
+
+/// Produces interleaved f32 audio blocks, paced in real time.
+pub trait AudioSource: Send {
+    /// Blocks until the next block is due and returns it (pts from the sample count).
+    fn next_block(&mut self) -> anyhow::Result<AudioBlock>;
+    /// A human description for logs and status.
+    fn describe(&self) -> String;
+}

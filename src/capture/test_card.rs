@@ -1,0 +1,232 @@
+//! The moving test card: colour bars, a bouncing box and a frame counter. It is the default
+//! video source and the picture every test checks, so motion and numbering are deterministic.
+
+use super::VideoSource;
+use crate::clock::{frame_time_ms, MediaClock};
+use crate::media::VideoFrame;
+
+/// BT.601 limited-range Y, U, V of the 75 % SMPTE bars, left to right.
+const BARS: [(u8, u8, u8); 7] = [
+    (180, 128, 128), // white
+    (162, 44, 142),  // yellow
+    (131, 156, 44),  // cyan
+    (112, 72, 58),   // green
+    (84, 184, 198),  // magenta
+    (65, 100, 212),  // red
+    (35, 212, 114),  // blue
+];
+
+/// Segments lit for each digit 0-9 (bits: a b c d e f g = 0..6).
+const SEGMENTS: [u8; 10] = [
+    0b0111111, 0b0000110, 0b1011011, 0b1001111, 0b1100110, 0b1101101, 0b1111101, 0b0000111,
+    0b1111111, 0b1101111,
+];
+
+/// Generates the test card at a fixed size and frame rate.
+pub struct TestCard {
+    width: u32,
+    height: u32,
+    fps: u32,
+    clock: MediaClock,
+    background: Vec<u8>,
+    index: u64,
+    skipped: u64,
+    paced: bool,
+}
+
+impl TestCard {
+    /// A card of `width`x`height` (both even, at least 64x64) at `fps`, paced by `clock`.
+    pub fn new(clock: MediaClock, width: u32, height: u32, fps: u32) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            width >= 64 && height >= 64 && width.is_multiple_of(2) && height.is_multiple_of(2),
+            "test card size {width}x{height} is invalid: width and height must be even and at least 64"
+        );
+        anyhow::ensure!(
+            (1..=240).contains(&fps),
+            "frame rate {fps} is invalid: use 1 to 240"
+        );
+        Ok(TestCard {
+            width,
+            height,
+            fps,
+            clock,
+            background: draw_background(width, height),
+            index: 0,
+            skipped: 0,
+            paced: true,
+        })
+    }
+
+    /// Generates frames as fast as asked (benchmarks, offline tests).
+    pub fn unpaced(mut self) -> Self {
+        self.paced = false;
+        self
+    }
+
+    /// Draws frame `index` with the given pts.
+    pub fn render(&self, index: u64, pts_ms: i64) -> VideoFrame {
+        let mut frame = VideoFrame {
+            width: self.width,
+            height: self.height,
+            data: self.background.clone(),
+            pts_ms,
+            index,
+        };
+        let (w, h) = (self.width as usize, self.height as usize);
+        // Box bouncing left-right across the lower band, one period every 4 s.
+        let size = (h / 6).max(8) & !1;
+        let travel = w - size;
+        let period = (self.fps as u64 * 4).max(2);
+        let t = index % period;
+        let half = period / 2;
+        let pos = if t < half { t } else { period - t };
+        let x = ((pos as usize * travel) / half as usize) & !1;
+        let y = (h * 2 / 3 + (h / 3 - size) / 2) & !1;
+        fill_rect(&mut frame, x, y, size, size, (235, 128, 128));
+        // Frame counter, top-left of the lower band.
+        let digit_h = (h / 10).max(10);
+        draw_number(&mut frame, index, w / 40 + 2, h * 2 / 3 + 4, digit_h);
+        frame
+    }
+}
+
+impl VideoSource for TestCard {
+    fn next_frame(&mut self) -> anyhow::Result<VideoFrame> {
+        if self.paced {
+            let now = self.clock.now_ms() as f64;
+            let due = frame_time_ms(self.index, self.fps);
+            let interval = 1000.0 / self.fps as f64;
+            if now > due + interval {
+                // The consumer fell behind: skip to the current frame instead of queueing.
+                let behind = ((now - due) / interval) as u64;
+                self.index += behind;
+                self.skipped += behind;
+            }
+            self.clock.sleep_until(frame_time_ms(self.index, self.fps));
+        }
+        let pts = if self.paced {
+            self.clock.now_ms()
+        } else {
+            frame_time_ms(self.index, self.fps) as i64
+        };
+        let frame = self.render(self.index, pts);
+        self.index += 1;
+        Ok(frame)
+    }
+
+    fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    fn describe(&self) -> String {
+        format!("test card {}x{}@{}", self.width, self.height, self.fps)
+    }
+}
+
+fn draw_background(width: u32, height: u32) -> Vec<u8> {
+    let (w, h) = (width as usize, height as usize);
+    let mut f = VideoFrame::black(width, height, 0, 0);
+    let bar_h = (h * 2 / 3) & !1;
+    for (i, c) in BARS.iter().enumerate() {
+        let x0 = (w * i / 7) & !1;
+        let x1 = (w * (i + 1) / 7) & !1;
+        fill_rect(&mut f, x0, 0, x1 - x0, bar_h, *c);
+    }
+    // Lower band: a luma ramp, so scaling and compression artefacts are visible.
+    for y in bar_h..h {
+        let row = &mut f.data[y * w..(y + 1) * w];
+        for (x, p) in row.iter_mut().enumerate() {
+            *p = 16 + (x * 219 / w.max(1)) as u8 / 2;
+        }
+    }
+    f.data
+}
+
+/// Fills a rectangle (even coordinates) with a Y, U, V colour.
+fn fill_rect(f: &mut VideoFrame, x: usize, y: usize, rw: usize, rh: usize, c: (u8, u8, u8)) {
+    let (w, h) = (f.width as usize, f.height as usize);
+    let x1 = (x + rw).min(w);
+    let y1 = (y + rh).min(h);
+    for row in y..y1 {
+        f.data[row * w + x..row * w + x1].fill(c.0);
+    }
+    let (cw, luma) = (w / 2, w * h);
+    let chroma = cw * (h / 2);
+    for row in y / 2..y1 / 2 {
+        let (a, b) = (row * cw + x / 2, row * cw + x1 / 2);
+        f.data[luma + a..luma + b].fill(c.1);
+        f.data[luma + chroma + a..luma + chroma + b].fill(c.2);
+    }
+}
+
+/// Draws `n` in seven-segment digits of height `dh` at (x, y).
+fn draw_number(f: &mut VideoFrame, n: u64, x: usize, y: usize, dh: usize) {
+    let digits = n.to_string();
+    let dw = dh / 2;
+    let t = (dh / 8).max(2) & !1;
+    let white = (235, 128, 128);
+    let black_w = (dw + t * 2) * digits.len() + t * 2;
+    fill_rect(f, x & !1, y & !1, black_w, dh + t * 2, (16, 128, 128));
+    for (i, ch) in digits.bytes().enumerate() {
+        let seg = SEGMENTS[(ch - b'0') as usize];
+        let ox = x + t + i * (dw + t * 2);
+        let oy = y + t;
+        let half = dh / 2;
+        let rects = [
+            (ox, oy, dw, t),                   // a
+            (ox + dw - t, oy, t, half),        // b
+            (ox + dw - t, oy + half, t, half), // c
+            (ox, oy + dh - t, dw, t),          // d
+            (ox, oy + half, t, half),          // e
+            (ox, oy, t, half),                 // f
+            (ox, oy + half - t / 2, dw, t),    // g
+        ];
+        for (s, r) in rects.iter().enumerate() {
+            if seg & (1 << s) != 0 {
+                fill_rect(f, r.0 & !1, r.1 & !1, r.2, r.3, white);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_has_bars_and_moves() {
+        let card = TestCard::new(MediaClock::start(), 320, 240, 30).unwrap();
+        let a = card.render(0, 0);
+        let b = card.render(15, 500);
+        assert_eq!(a.data.len(), VideoFrame::i420_len(320, 240));
+        // first bar is 75% white, second is yellow (low U)
+        assert_eq!(a.data[10 * 320 + 10], 180);
+        let u_plane = &a.data[320 * 240..];
+        assert_eq!(u_plane[5 * 160 + 160 / 7 + 5], 44);
+        // the picture changes between frames (moving box and counter)
+        let diff = a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count();
+        assert!(diff > 500, "only {diff} bytes differ");
+        // and the bars region does not
+        assert_eq!(a.data[..320 * 100], b.data[..320 * 100]);
+    }
+
+    #[test]
+    fn rejects_bad_sizes() {
+        assert!(TestCard::new(MediaClock::start(), 321, 240, 30).is_err());
+        assert!(TestCard::new(MediaClock::start(), 320, 240, 0).is_err());
+    }
+
+    #[test]
+    fn paced_card_runs_in_real_time() {
+        let mut card = TestCard::new(MediaClock::start(), 64, 64, 50).unwrap();
+        let start = std::time::Instant::now();
+        let mut last = -1;
+        for _ in 0..10 {
+            let f = card.next_frame().unwrap();
+            assert!(f.pts_ms > last);
+            last = f.pts_ms;
+        }
+        // 10 frames at 50 fps: the 10th is due at 180 ms
+        assert!(start.elapsed().as_millis() >= 170);
+    }
+}

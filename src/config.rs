@@ -1,0 +1,182 @@
+//! Settings: what the streamer chose, saved as TOML in the platform config directory, so the
+//! next start (GUI or CLI) remembers it. CLI flags override the file for one run.
+
+use crate::encode::{AudioEncoderSettings, VideoEncoderSettings};
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything a live session needs to know.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub destination: Destination,
+    pub video: VideoEncoderSettings,
+    pub audio: AudioEncoderSettings,
+    pub sources: Sources,
+    pub relay: RelaySettings,
+}
+
+/// Where the stream goes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Destination {
+    /// `rtmp://host[:port]/app/streamkey`; empty means the embedded relay.
+    pub url: Option<String>,
+}
+
+/// Which sources feed the stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sources {
+    /// Frequency of the test tone in Hz.
+    pub tone_hz: f32,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources { tone_hz: 440.0 }
+    }
+}
+
+/// The embedded relay used when no destination is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Address to listen on; loopback by default so nothing is exposed by accident.
+    pub listen: String,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            listen: "127.0.0.1:1935".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// `onair.toml` in the platform config directory (e.g. `~/.config/onair/`).
+    pub fn default_path() -> Option<PathBuf> {
+        directories::ProjectDirs::from("", "", "onair").map(|d| d.config_dir().join("onair.toml"))
+    }
+
+    /// Loads `path`, or the default file if it exists, or the defaults. An explicit path that
+    /// does not exist is an error; a file with unknown or invalid fields is an error naming them.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => match Self::default_path() {
+                Some(p) => (p, false),
+                None => return Ok(Settings::default()),
+            },
+        };
+        if !path.exists() {
+            if required {
+                bail!("settings file {} does not exist", path.display());
+            }
+            return Ok(Settings::default());
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read settings file {}", path.display()))?;
+        let settings: Settings = toml::from_str(&text)
+            .with_context(|| format!("settings file {} is invalid", path.display()))?;
+        settings
+            .validate()
+            .with_context(|| format!("settings file {} is invalid", path.display()))?;
+        Ok(settings)
+    }
+
+    /// Writes the settings (creating the directory), so choices survive a restart.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let text = toml::to_string_pretty(self)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Rejects values no part of the pipeline could use, naming the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        crate::encode::x264::validate(&self.video)?;
+        if self.audio.sample_rate != 48_000 && self.audio.sample_rate != 44_100 {
+            bail!(
+                "audio.sample_rate = {} is not supported: use 48000 or 44100",
+                self.audio.sample_rate
+            );
+        }
+        if self.audio.channels != 2 {
+            bail!(
+                "audio.channels = {} is not supported: use 2",
+                self.audio.channels
+            );
+        }
+        if !(32..=512).contains(&self.audio.bitrate_kbps) {
+            bail!(
+                "audio.bitrate_kbps = {} is invalid: use 32 to 512",
+                self.audio.bitrate_kbps
+            );
+        }
+        if !(20.0..=20_000.0).contains(&self.sources.tone_hz) {
+            bail!(
+                "sources.tone_hz = {} is invalid: use 20 to 20000",
+                self.sources.tone_hz
+            );
+        }
+        if self.relay.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "relay.listen = '{}' is not an address: write IP:PORT, e.g. 127.0.0.1:1935",
+                self.relay.listen
+            );
+        }
+        if let Some(url) = &self.destination.url {
+            if !url.is_empty() {
+                crate::publish::url::RtmpUrl::parse(url).context("destination.url is invalid")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/onair.toml");
+        let mut s = Settings::default();
+        s.video.bitrate_kbps = 4500;
+        s.destination.url = Some("rtmp://example.com/live/key".into());
+        s.save(&path).unwrap();
+        assert_eq!(Settings::load(Some(&path)).unwrap(), s);
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("onair.toml");
+        std::fs::write(&path, "[video]\nfps = 60\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.video.fps, 60);
+        assert_eq!(s.video.width, 1280);
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("onair.toml");
+        std::fs::write(&path, "[video]\nbitrate_kbps = 5\n").unwrap();
+        let err = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+        assert!(err.contains("video.bitrate_kbps"), "{err}");
+        std::fs::write(&path, "[video]\nbitrat = 5\n").unwrap();
+        let err = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+        assert!(err.contains("bitrat"), "{err}");
+        std::fs::write(&path, "[destination]\nurl = \"http://x\"\n").unwrap();
+        let err = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+        assert!(err.contains("destination.url"), "{err}");
+        assert!(Settings::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+}

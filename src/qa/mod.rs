@@ -1,0 +1,3 @@
+//! QA tooling: reading streams back for tests and latency measurement.
+
+pub mod player;

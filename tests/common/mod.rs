@@ -1,0 +1,347 @@
+//! Helpers shared by the integration tests: free ports, child processes that never outlive a
+//! test, ffmpeg/ffprobe wrappers, and a synthetic RTMP publisher.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+    PublishRequestType,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Logs from the code under test, shown with `RUST_LOG=onair=debug cargo test -- --nocapture`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// True when both `ffmpeg` and `ffprobe` run; tests that need them skip otherwise.
+pub fn ffmpeg_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let runs = |tool: &str| {
+            Command::new(tool)
+                .arg("-version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let ok = runs("ffmpeg") && runs("ffprobe");
+        if !ok {
+            eprintln!("ffmpeg/ffprobe not found: skipping tests that need them");
+        }
+        ok
+    })
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test never leaks one.
+/// Its stderr goes to a log file that failing assertions can print.
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl ChildGuard {
+    /// Starts `cmd` with stdin and stdout closed and stderr written to `log_dir/name.log`.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> ChildGuard {
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).expect("create child log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+            log_path,
+        }
+    }
+
+    /// What the child wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The exit status if the child has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits (without blocking the runtime) up to `limit` for the child to exit.
+    pub async fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Like [`ChildGuard::wait_timeout`] but panics with the child's log on timeout.
+    pub async fn expect_exit(&mut self, limit: Duration) -> ExitStatus {
+        match self.wait_timeout(limit).await {
+            Some(status) => status,
+            None => panic!(
+                "{} did not exit within {limit:?}; its log:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `rtmp://127.0.0.1:PORT/live/KEY`.
+pub fn rtmp_url(addr: SocketAddr, key: &str) -> String {
+    format!("rtmp://127.0.0.1:{}/live/{key}", addr.port())
+}
+
+/// An ffmpeg publishing a 320x240 30 fps test pattern (keyframe every second) and a 440 Hz
+/// tone in real time for `seconds` to `url`.
+pub fn ffmpeg_publisher(url: &str, seconds: u32) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "warning", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"])
+        .args(["-g", "30", "-c:a", "aac", "-f", "flv", url]);
+    cmd
+}
+
+/// An ffmpeg copying the stream at `url` into the FLV file `out`.
+pub fn ffmpeg_recorder(url: &str, out: &Path) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "warning", "-y"])
+        .args(["-i", url, "-c", "copy", "-f", "flv"])
+        .arg(out);
+    cmd
+}
+
+/// `ffprobe -show_streams -count_packets -of json` on a file.
+pub fn ffprobe_json(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_streams", "-count_packets", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe failed on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
+}
+
+/// The first stream of `codec_type` ("video"/"audio") in ffprobe output.
+pub fn probe_stream<'a>(probe: &'a serde_json::Value, codec_type: &str) -> &'a serde_json::Value {
+    probe["streams"]
+        .as_array()
+        .and_then(|streams| streams.iter().find(|s| s["codec_type"] == codec_type))
+        .unwrap_or_else(|| panic!("no {codec_type} stream in {probe:#}"))
+}
+
+/// `nb_read_packets` of an ffprobe stream entry (a string in ffprobe's JSON).
+pub fn packet_count(stream: &serde_json::Value) -> u64 {
+    stream["nb_read_packets"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| stream["nb_read_packets"].as_u64())
+        .unwrap_or_else(|| panic!("no nb_read_packets in {stream:#}"))
+}
+
+/// Polls `check` every 20 ms until it returns Some, or fails after `limit`.
+pub async fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Builds an FLV video tag body: `0x17 0x01` (keyframe) or `0x27 0x01`, padded to `len`.
+pub fn video_tag(keyframe: bool, len: usize) -> Bytes {
+    let mut data = vec![0u8; len.max(5)];
+    data[0] = if keyframe { 0x17 } else { 0x27 };
+    data[1] = 0x01;
+    Bytes::from(data)
+}
+
+/// A synthetic RTMP publisher: sends whatever tags a test builds, at whatever rate it wants,
+/// which ffmpeg cannot do (e.g. megabytes per second of fake frames).
+pub struct TestPublisher {
+    socket: TcpStream,
+    session: ClientSession,
+}
+
+impl TestPublisher {
+    /// Connects to `addr`, handshakes, and publishes on `app/key` (live).
+    pub async fn connect(addr: SocketAddr, app: &str, key: &str) -> anyhow::Result<Self> {
+        tokio::time::timeout(Duration::from_secs(5), Self::connect_inner(addr, app, key))
+            .await
+            .map_err(|_| anyhow!("publisher setup timed out"))?
+    }
+
+    async fn connect_inner(addr: SocketAddr, app: &str, key: &str) -> anyhow::Result<Self> {
+        let mut socket = TcpStream::connect(addr).await.context("connect")?;
+        socket.set_nodelay(true)?;
+        let remaining = client_handshake(&mut socket).await?;
+        let mut config = ClientSessionConfig::new();
+        config.tc_url = Some(format!("rtmp://{addr}/{app}"));
+        let (mut session, _) = ClientSession::new(config).map_err(|e| anyhow!("{e}"))?;
+        let mut out = Vec::new();
+        push_packet(&mut out, session.request_connection(app.to_string()));
+        socket.write_all(&out).await?;
+
+        let mut pending = remaining;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut requested = false;
+        loop {
+            let results = session
+                .handle_input(&pending)
+                .map_err(|e| anyhow!("publisher session: {e}"))?;
+            let mut out = Vec::new();
+            for result in results {
+                match result {
+                    ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
+                    ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted)
+                        if !requested =>
+                    {
+                        requested = true;
+                        push_packet(
+                            &mut out,
+                            session.request_publishing(key.to_string(), PublishRequestType::Live),
+                        );
+                    }
+                    ClientSessionResult::RaisedEvent(ClientSessionEvent::PublishRequestAccepted) => {
+                        socket.write_all(&out).await?;
+                        return Ok(TestPublisher { socket, session });
+                    }
+                    ClientSessionResult::RaisedEvent(
+                        ClientSessionEvent::UnknownTransactionResultReceived {
+                            additional_values,
+                            ..
+                        },
+                    ) => bail!("publish refused: {additional_values:?}"),
+                    _ => {}
+                }
+            }
+            socket.write_all(&out).await?;
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                bail!("relay closed the publisher connection");
+            }
+            pending = buf[..n].to_vec();
+        }
+    }
+
+    /// Sends one video tag body with timestamp `ts_ms`.
+    pub async fn send_video(&mut self, ts_ms: u32, data: Bytes) -> anyhow::Result<()> {
+        let packet = self
+            .session
+            .publish_video_data(data, RtmpTimestamp::new(ts_ms), false)
+            .map_err(|e| anyhow!("{e}"))?;
+        self.write(packet).await
+    }
+
+    /// Sends one audio tag body with timestamp `ts_ms`.
+    pub async fn send_audio(&mut self, ts_ms: u32, data: Bytes) -> anyhow::Result<()> {
+        let packet = self
+            .session
+            .publish_audio_data(data, RtmpTimestamp::new(ts_ms), false)
+            .map_err(|e| anyhow!("{e}"))?;
+        self.write(packet).await
+    }
+
+    async fn write(&mut self, result: ClientSessionResult) -> anyhow::Result<()> {
+        if let ClientSessionResult::OutboundResponse(p) = result {
+            self.socket.write_all(&p.bytes).await?;
+        }
+        Ok(())
+    }
+}
+
+fn push_packet<E: std::fmt::Display>(out: &mut Vec<u8>, result: Result<ClientSessionResult, E>) {
+    match result {
+        Ok(ClientSessionResult::OutboundResponse(p)) => out.extend_from_slice(&p.bytes),
+        Ok(_) => {}
+        Err(e) => panic!("client session refused a request: {e}"),
+    }
+}
+
+/// Client side of the RTMP handshake over `socket`; returns bytes received after it.
+pub async fn client_handshake(socket: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut handshake = Handshake::new(PeerType::Client);
+    let p0_p1 = handshake
+        .generate_outbound_p0_and_p1()
+        .map_err(|e| anyhow!("{e}"))?;
+    socket.write_all(&p0_p1).await?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            bail!("server closed the connection during the handshake");
+        }
+        match handshake
+            .process_bytes(&buf[..n])
+            .map_err(|e| anyhow!("{e}"))?
+        {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).await?
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                socket.write_all(&response_bytes).await?;
+                return Ok(remaining_bytes);
+            }
+        }
+    }
+}
