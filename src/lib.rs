@@ -1,6 +1,7 @@
 //! OnAir: a live-streaming broadcaster. Sources produce frames, encoders turn them into
 //! packets, outputs (RTMP publisher, FLV recorder, embedded relay) carry them away.
 
+pub mod audio;
 pub mod capture;
 pub mod clock;
 pub mod config;

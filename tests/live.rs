@@ -102,7 +102,11 @@ fn live_to_embedded_relay_is_watchable_by_ffmpeg() {
         "no watch hint in:\n{log}"
     );
     assert!(log.contains("fps in"), "no status line in:\n{log}");
-    let aac = if cfg!(feature = "fdk-aac") { "fdk-aac" } else { "ffmpeg-aac" };
+    let aac = if cfg!(feature = "fdk-aac") {
+        "fdk-aac"
+    } else {
+        "ffmpeg-aac"
+    };
     assert!(log.contains(aac), "{aac} not in use:\n{log}");
     player
         .wait_timeout(Duration::from_secs(20))
@@ -285,4 +289,35 @@ fn invalid_settings_name_the_field() {
     );
     assert!(!ok);
     assert!(log.contains("641x360"), "{log}");
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_finishes_the_recording() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("interrupted.flv");
+    let mut live = ChildGuard::spawn(
+        Command::new(onair())
+            .args(["live", "--size", "320x240", "--quiet", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--record")
+            .arg(&record)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    wait_for_port(port, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    live.interrupt();
+    let status = live
+        .wait_timeout(Duration::from_secs(10))
+        .expect("onair live did not stop on Ctrl-C");
+    let log = live.stderr_string();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("recording saved"), "{log}");
+    // every frame written is readable, and nothing was cut mid-tag
+    let bytes = std::fs::read(&record).unwrap();
+    let (_, tags) = onair::flv::parse_flv(&bytes).expect("recording is a complete FLV file");
+    let video = tags.iter().filter(|t| t.tag_type == onair::flv::TAG_VIDEO).count();
+    assert!(video >= 80, "only {video} video tags after ~3 s");
+    assert_good_stream(&record, 2.5);
 }

@@ -41,7 +41,11 @@ async fn wait_for_video(relay: &RelayHandle, publisher: &mut ChildGuard) {
         if let Some(status) = publisher.try_wait() {
             panic!("publisher exited early ({status}):\n{}", publisher.log());
         }
-        assert!(Instant::now() < deadline, "no video reached the relay:\n{}", publisher.log());
+        assert!(
+            Instant::now() < deadline,
+            "no video reached the relay:\n{}",
+            publisher.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -88,7 +92,6 @@ async fn ffmpeg_recording_gets_every_frame_published_after_it_joined() {
     assert!(status.success(), "publisher failed:\n{}", publisher.log());
     let status = recorder.expect_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "recorder failed:\n{}", recorder.log());
-    eprintln!("RECORDER LOG:\n{}\nPUBLISHER LOG:\n{}", recorder.log(), publisher.log());
     assert!(relay.stats().streams.is_empty(), "stream not removed");
 
     let probe = ffprobe_json(&out);
@@ -139,7 +142,10 @@ async fn late_player_gets_headers_then_a_keyframe_then_live_frames() {
     while let Some(event) = next(&mut player, Duration::from_secs(10)).await {
         events.push(event);
     }
-    assert!(publisher.expect_exit(Duration::from_secs(10)).await.success());
+    assert!(publisher
+        .expect_exit(Duration::from_secs(10))
+        .await
+        .success());
 
     // Metadata and both sequence headers come before any frame.
     let first_frame = events
@@ -147,7 +153,10 @@ async fn late_player_gets_headers_then_a_keyframe_then_live_frames() {
         .position(|e| !e.is_sequence_header() && !matches!(e, PlayerEvent::Metadata(_)))
         .expect("no frames received");
     let head = &events[..first_frame];
-    assert!(matches!(head.first(), Some(PlayerEvent::Metadata(_))), "{head:?}");
+    assert!(
+        matches!(head.first(), Some(PlayerEvent::Metadata(_))),
+        "{head:?}"
+    );
     assert!(
         head.iter().any(|e| matches!(e, PlayerEvent::Video { .. })),
         "no video sequence header before the first frame"
@@ -162,7 +171,10 @@ async fn late_player_gets_headers_then_a_keyframe_then_live_frames() {
         .iter()
         .find(|e| video_ts(e).is_some() && !e.is_sequence_header())
         .unwrap();
-    assert!(first_picture.is_keyframe(), "first picture is not a keyframe");
+    assert!(
+        first_picture.is_keyframe(),
+        "first picture is not a keyframe"
+    );
     let ts = video_ts(first_picture).unwrap();
     let joined_ms = joined_after.as_millis() as u32;
     assert!(
@@ -214,7 +226,11 @@ async fn second_publisher_on_a_key_is_rejected_and_the_first_continues() {
 
     let mut second = ChildGuard::spawn("second", ffmpeg_publisher(&url, 5), dir.path());
     let status = second.expect_exit(Duration::from_secs(5)).await;
-    assert!(!status.success(), "second publisher was accepted:\n{}", second.log());
+    assert!(
+        !status.success(),
+        "second publisher was accepted:\n{}",
+        second.log()
+    );
     assert!(
         second.log().contains("stream key already in use"),
         "rejection reason not reported:\n{}",
@@ -240,7 +256,11 @@ async fn second_publisher_on_a_key_is_rejected_and_the_first_continues() {
     );
     let span = stamps[stamps.len() - 1] - stamps[0];
     assert!(span >= 1000, "stream advanced only {span} ms in 1.5 s");
-    assert!(first.try_wait().is_none(), "first publisher died:\n{}", first.log());
+    assert!(
+        first.try_wait().is_none(),
+        "first publisher died:\n{}",
+        first.log()
+    );
     relay.shutdown();
 }
 
@@ -304,12 +324,14 @@ async fn hostile_input_closes_only_that_connection() {
     send_raw(addr, &[0xc3, 1, 2, 3, 4], true, false).await;
     // A message whose length shrinks mid-message (header type 1 after a partial chunk).
     let mut shrinking = vec![0x03, 0, 0, 0, 0, 0, 200, 20, 0, 0, 0, 0];
-    shrinking.extend(std::iter::repeat(0x05).take(128));
+    shrinking.extend([0x05; 128]);
     shrinking.extend([0x43, 0, 0, 0, 0, 0, 10, 20]);
-    shrinking.extend(std::iter::repeat(0x05).take(10));
+    shrinking.extend([0x05; 10]);
     send_raw(addr, &shrinking, true, false).await;
     // An absurd chunk size followed by a huge message header.
-    let mut huge = vec![0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff];
+    let mut huge = vec![
+        0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff,
+    ];
     huge.extend([0x04, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0]);
     huge.extend(noise(1000, 9));
     send_raw(addr, &huge, true, true).await;
@@ -327,7 +349,10 @@ async fn hostile_input_closes_only_that_connection() {
         keyframes += event.is_keyframe() as u32;
     }
     assert!(keyframes >= 1, "no keyframe received");
-    assert!(publisher.expect_exit(Duration::from_secs(10)).await.success());
+    assert!(publisher
+        .expect_exit(Duration::from_secs(10))
+        .await
+        .success());
     assert!(relay.stats().streams.is_empty());
     relay.shutdown();
 }
@@ -352,8 +377,7 @@ async fn player_that_stops_reading_is_dropped_without_stalling_others() {
     let reading = tokio::spawn(async move {
         let mut frames = 0u32;
         let mut worst_lag_ms = 0i64;
-        while let Ok(Ok(Some(event))) = timeout(Duration::from_secs(5), reader.next_event()).await
-        {
+        while let Ok(Ok(Some(event))) = timeout(Duration::from_secs(5), reader.next_event()).await {
             if let Some(ts) = video_ts(&event) {
                 frames += 1;
                 let lag = start.elapsed().as_millis() as i64 - ts as i64;
@@ -363,34 +387,40 @@ async fn player_that_stops_reading_is_dropped_without_stalling_others() {
         (frames, worst_lag_ms)
     });
 
-    // 16 KiB frames at 500 per second (8 MB/s): far more than the socket buffers and the
-    // stalled player's queue can hold within a few seconds.
-    let total = 2000u32;
-    let mut stalled_dropped_at = None;
-    for i in 0..total {
-        let ts = i * 2;
+    // 32 KiB frames at 250 per second (8 MB/s), for up to 10 s: far more than the socket
+    // buffers and the stalled player's queue can hold. Stop half a second after the relay
+    // drops the stalled player.
+    let mut sent = 0u32;
+    let mut dropped_at = None;
+    let mut worst_send_delay = Duration::ZERO;
+    for i in 0..2500u32 {
+        let ts = i * 4;
         let due = start + Duration::from_millis(ts as u64);
         tokio::time::sleep_until(due.into()).await;
         publisher
-            .send_video(ts, video_tag(i % 100 == 0, 16 * 1024))
+            .send_video(ts, video_tag(i % 100 == 0, 32 * 1024))
             .await
             .expect("publisher blocked or disconnected");
-        if stalled_dropped_at.is_none() && relay.stats().stream(KEY).unwrap().viewers == 1 {
-            stalled_dropped_at = Some(ts);
+        sent += 1;
+        worst_send_delay = worst_send_delay.max(due.elapsed());
+        let viewers = relay.stats().stream(KEY).map(|s| s.viewers);
+        match dropped_at {
+            None if viewers == Some(1) => dropped_at = Some(ts),
+            Some(at) if ts >= at + 500 => break,
+            _ => {}
         }
     }
-    let publish_time = start.elapsed();
+    let dropped_at = dropped_at.expect("the stalled player was never disconnected");
     assert!(
-        publish_time < Duration::from_secs(6),
-        "publisher was slowed down: {publish_time:?} for 4 s of media"
+        worst_send_delay < Duration::from_millis(500),
+        "publisher was held up {worst_send_delay:?} (stalled player dropped at {dropped_at} ms)"
     );
-    let dropped_at = stalled_dropped_at.expect("the stalled player was never disconnected");
     drop(publisher);
 
     let (frames, worst_lag_ms) = reading.await.unwrap();
-    assert_eq!(frames, total, "the reading player lost frames");
+    assert_eq!(frames, sent, "the reading player lost frames");
     assert!(
-        worst_lag_ms < 1000,
+        worst_lag_ms < 1500,
         "the reading player fell {worst_lag_ms} ms behind (stalled player dropped at {dropped_at} ms)"
     );
     relay.shutdown();
@@ -399,10 +429,12 @@ async fn player_that_stops_reading_is_dropped_without_stalling_others() {
 #[tokio::test(flavor = "multi_thread")]
 async fn play_of_unknown_key_and_busy_port_give_clear_errors() {
     let relay = relay().await;
-    let err = RtmpPlayer::connect(&player_url(relay.local_addr, "nobody"), Duration::from_secs(5))
-        .await
-        .err()
-        .expect("playing an unpublished key must fail");
+    let err = RtmpPlayer::connect(
+        &player_url(relay.local_addr, "nobody"),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("playing an unpublished key must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("StreamNotFound"), "{msg}");
     assert!(!msg.contains("nobody"), "stream key leaked: {msg}");
@@ -411,10 +443,12 @@ async fn play_of_unknown_key_and_busy_port_give_clear_errors() {
         listen: relay.local_addr,
     })
     .await
-    .err()
-    .expect("second bind must fail");
+    .expect_err("second bind must fail");
     let msg = format!("{err:#}");
-    assert!(msg.contains("already in use") && msg.contains("--listen"), "{msg}");
+    assert!(
+        msg.contains("already in use") && msg.contains("--listen"),
+        "{msg}"
+    );
 
     relay.shutdown();
     let port = free_port();
@@ -423,7 +457,6 @@ async fn play_of_unknown_key_and_busy_port_give_clear_errors() {
         Duration::from_secs(5),
     )
     .await
-    .err()
-    .expect("nothing listens there");
+    .expect_err("nothing listens there");
     assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
 }

@@ -29,6 +29,8 @@ pub struct TestCard {
     fps: u32,
     clock: MediaClock,
     background: Vec<u8>,
+    /// Two periods of the lower band's luma texture, sliced at a moving offset per row.
+    texture: Vec<u8>,
     index: u64,
     skipped: u64,
     paced: bool,
@@ -51,6 +53,7 @@ impl TestCard {
             fps,
             clock,
             background: draw_background(width, height),
+            texture: texture(width as usize),
             index: 0,
             skipped: 0,
             paced: true,
@@ -73,6 +76,13 @@ impl TestCard {
             index,
         };
         let (w, h) = (self.width as usize, self.height as usize);
+        // Lower band: a textured diagonal ramp scrolling 4 px per frame, so every frame has
+        // real motion and detail for the encoder (like FFmpeg's testsrc2).
+        let bar_h = (h * 2 / 3) & !1;
+        for y in bar_h..h {
+            let offset = (index as usize * 4 + y) % w;
+            frame.data[y * w..(y + 1) * w].copy_from_slice(&self.texture[offset..offset + w]);
+        }
         // Box bouncing left-right across the lower band, one period every 4 s.
         let size = (h / 6).max(8) & !1;
         let travel = w - size;
@@ -140,6 +150,21 @@ fn draw_background(width: u32, height: u32) -> Vec<u8> {
         }
     }
     f.data
+}
+
+/// A luma ramp with fine pseudo-random grain, repeated twice (width `2 * w`).
+fn texture(w: usize) -> Vec<u8> {
+    let mut seed = 0x2545_f491_u32;
+    let row: Vec<u8> = (0..w)
+        .map(|x| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let ramp = 16 + (x * 219 / w.max(1)) as u32;
+            (ramp - ramp / 4 + (seed % 48)).min(235) as u8
+        })
+        .collect();
+    [row.clone(), row].concat()
 }
 
 /// Fills a rectangle (even coordinates) with a Y, U, V colour.

@@ -22,15 +22,20 @@ use crate::relay::{is_audio_sequence_header, is_video_keyframe, is_video_sequenc
 /// Something the server sent for the stream being played.
 #[derive(Clone, Debug)]
 pub enum PlayerEvent {
+    /// The publisher's `onMetaData` (size, frame rate, codecs), as the server relays it.
     Metadata(StreamMetadata),
     /// An FLV video tag body.
     Video {
+        /// RTMP timestamp in milliseconds, as sent by the server.
         timestamp_ms: u32,
+        /// Tag body: frame type and codec byte, AVC packet type, composition time, data.
         data: Bytes,
     },
     /// An FLV audio tag body.
     Audio {
+        /// RTMP timestamp in milliseconds, as sent by the server.
         timestamp_ms: u32,
+        /// Tag body: sound format byte, AAC packet type, data.
         data: Bytes,
     },
 }
@@ -61,6 +66,16 @@ pub struct RtmpPlayer {
     outbound: BytesMut,
     ended: bool,
     url_for_errors: String,
+}
+
+impl std::fmt::Debug for RtmpPlayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtmpPlayer")
+            .field("url", &self.url_for_errors)
+            .field("pending_events", &self.pending.len())
+            .field("ended", &self.ended)
+            .finish()
+    }
 }
 
 /// onStatus codes that mean the stream is over.

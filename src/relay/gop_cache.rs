@@ -16,9 +16,11 @@ pub const GOP_CACHE_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// between the cache and every player queue.
 #[derive(Clone, Debug)]
 pub struct MediaMessage {
+    /// Audio or video: they travel as different RTMP message types.
     pub kind: MediaKind,
     /// The publisher's timestamp, forwarded unchanged.
     pub timestamp: RtmpTimestamp,
+    /// The FLV tag body exactly as the publisher sent it.
     pub data: Bytes,
 }
 

@@ -65,6 +65,7 @@ pub struct RelayHandle {
 /// A snapshot of the relay's activity, for status lines and tests.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RelayStats {
+    /// One entry per published stream, sorted by key.
     pub streams: Vec<StreamStats>,
 }
 

@@ -85,8 +85,17 @@ pub(super) async fn serve(
             }
         }
         Ok(Ending::Drop) => {}
+        Err(e) if is_disconnect(&e) => tracing::info!(%peer, "connection lost: {e:#}"),
         Err(e) => tracing::warn!(%peer, "closing connection: {e:#}"),
     }
+}
+
+/// True when the peer simply went away (reset, broken pipe), which is not worth a warning.
+fn is_disconnect(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::*;
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
 }
 
 /// Performs the server side of the handshake; returns bytes the peer sent after it.
@@ -121,7 +130,7 @@ async fn handshake(socket: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
 
 /// Runs a parser over untrusted input, turning a panic inside it into an error so a hostile
 /// peer can only ever close its own connection.
-pub(crate) fn guard_panics<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
+fn guard_panics<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| anyhow!("the RTMP parser rejected the input"))
 }
 
@@ -221,6 +230,9 @@ impl Connection {
                 }
                 written = writer.write(&self.outbound), if !self.outbound.is_empty() => {
                     let n = written.context("write failed")?;
+                    if n == 0 {
+                        bail!("peer stopped accepting data");
+                    }
                     self.outbound.advance(n);
                 }
                 item = next_item(&mut self.items), if want_media => match item {
@@ -232,17 +244,16 @@ impl Connection {
                     }
                 },
                 kick = kicked(&mut self.kick) => match kick {
-                    Some(Kick::TooSlow) => {
-                        bail!("player too slow for the live stream, disconnected")
-                    }
+                    // The relay already warned when it cut this player off.
+                    Some(Kick::TooSlow) => return Ok(Ending::Drop),
                     None => self.kick = None,
                 },
-                _ = sleep_until_opt(deadline) => {
-                    match self.role {
-                        Role::Pending => bail!("neither publish nor play requested within {SETUP_TIMEOUT:?}"),
-                        _ => bail!("publisher sent nothing for {PUBLISHER_IDLE_TIMEOUT:?}"),
+                _ = sleep_until_opt(deadline) => match self.role {
+                    Role::Pending => {
+                        bail!("neither publish nor play requested within {SETUP_TIMEOUT:?}")
                     }
-                }
+                    _ => bail!("publisher sent nothing for {PUBLISHER_IDLE_TIMEOUT:?}"),
+                },
             }
         }
     }
@@ -333,9 +344,11 @@ impl Connection {
             ServerSessionEvent::AudioDataReceived {
                 data, timestamp, ..
             } => self.on_media(MediaKind::Audio, timestamp, data),
-            other => {
-                tracing::trace!(peer = %self.peer, event = ?other, "unhandled RTMP event");
+            ServerSessionEvent::UnhandleableAmf0Command { command_name, .. } => {
+                // Arguments are not logged: commands like FCPublish carry the stream key.
+                tracing::trace!(peer = %self.peer, command = %command_name, "ignored RTMP command");
             }
+            _ => {}
         }
         Ok(Flow::Continue)
     }

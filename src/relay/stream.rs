@@ -17,7 +17,9 @@ pub const PLAYER_QUEUE_CAPACITY: usize = 512;
 /// What a player connection receives from the stream, in order.
 #[derive(Clone, Debug)]
 pub enum PlayerItem {
+    /// The publisher's latest `onMetaData`.
     Metadata(Arc<StreamMetadata>),
+    /// A sequence header or a frame.
     Media(MediaMessage),
     /// What a joining player needs first: metadata, sequence headers, then the GOP cache.
     /// Sent as one item so a long GOP never counts against the live queue.
@@ -54,10 +56,15 @@ struct PlayerSlot {
 pub struct Stream {
     /// `app/key`, masked for logs.
     pub display_key: String,
+    /// Connection id of the publisher, so only it can feed or end the stream.
     pub publisher_id: u64,
+    /// Publisher's address, for stats.
     pub publisher_addr: SocketAddr,
+    /// Bytes read from the publisher.
     pub bytes_in: u64,
+    /// Video messages received, sequence headers included.
     pub video_packets_in: u64,
+    /// Audio messages received, sequence headers included.
     pub audio_packets_in: u64,
     metadata: Option<Arc<StreamMetadata>>,
     video_header: Option<MediaMessage>,

@@ -12,8 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
-    PublishRequestType,
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
 use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,7 +89,9 @@ impl ChildGuard {
 
     /// The exit status if the child has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits (without blocking the runtime) up to `limit` for the child to exit.
@@ -142,7 +143,14 @@ pub fn ffmpeg_publisher(url: &str, seconds: u32) -> Command {
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
         .args(["-t", &seconds.to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
         .args(["-g", "30", "-c:a", "aac", "-f", "flv", url]);
     cmd
 }
@@ -159,7 +167,14 @@ pub fn ffmpeg_recorder(url: &str, out: &Path) -> Command {
 /// `ffprobe -show_streams -count_packets -of json` on a file.
 pub fn ffprobe_json(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_streams", "-count_packets", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-show_streams",
+            "-count_packets",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .expect("run ffprobe");
@@ -190,17 +205,16 @@ pub fn packet_count(stream: &serde_json::Value) -> u64 {
 }
 
 /// Polls `check` every 20 ms until it returns Some, or fails after `limit`.
-pub async fn wait_until<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
+pub async fn wait_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -250,16 +264,18 @@ impl TestPublisher {
             for result in results {
                 match result {
                     ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
-                    ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted)
-                        if !requested =>
-                    {
+                    ClientSessionResult::RaisedEvent(
+                        ClientSessionEvent::ConnectionRequestAccepted,
+                    ) if !requested => {
                         requested = true;
                         push_packet(
                             &mut out,
                             session.request_publishing(key.to_string(), PublishRequestType::Live),
                         );
                     }
-                    ClientSessionResult::RaisedEvent(ClientSessionEvent::PublishRequestAccepted) => {
+                    ClientSessionResult::RaisedEvent(
+                        ClientSessionEvent::PublishRequestAccepted,
+                    ) => {
                         socket.write_all(&out).await?;
                         return Ok(TestPublisher { socket, session });
                     }

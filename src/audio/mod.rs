@@ -1,0 +1,1 @@
+//! The audio chain: processing stages between the microphone and the AAC encoder.
