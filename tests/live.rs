@@ -317,7 +317,10 @@ fn ctrl_c_stops_cleanly_and_finishes_the_recording() {
     // every frame written is readable, and nothing was cut mid-tag
     let bytes = std::fs::read(&record).unwrap();
     let (_, tags) = onair::flv::parse_flv(&bytes).expect("recording is a complete FLV file");
-    let video = tags.iter().filter(|t| t.tag_type == onair::flv::TAG_VIDEO).count();
+    let video = tags
+        .iter()
+        .filter(|t| t.tag_type == onair::flv::TAG_VIDEO)
+        .count();
     assert!(video >= 80, "only {video} video tags after ~3 s");
     assert_good_stream(&record, 2.5);
 }
