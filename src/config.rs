@@ -15,6 +15,32 @@ pub struct Settings {
     pub audio: AudioEncoderSettings,
     pub sources: Sources,
     pub relay: RelaySettings,
+    pub network: NetworkSettings,
+}
+
+/// How the stream copes with a bad network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Lower the video bitrate under congestion and raise it back when the link recovers.
+    pub adaptive_bitrate: bool,
+    /// The lowest video bitrate adaptation may choose (0: an eighth of video.bitrate_kbps).
+    pub min_bitrate_kbps: u32,
+    /// Reconnect attempts in a row before giving up (0: never give up).
+    pub max_reconnect_attempts: u32,
+    /// Longest wait between reconnect attempts, in seconds.
+    pub max_reconnect_delay_secs: u32,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            adaptive_bitrate: true,
+            min_bitrate_kbps: 0,
+            max_reconnect_attempts: 0,
+            max_reconnect_delay_secs: 30,
+        }
+    }
 }
 
 /// Where the stream goes.
@@ -23,6 +49,8 @@ pub struct Settings {
 pub struct Destination {
     /// `rtmp://host[:port]/app/streamkey`; empty means the embedded relay.
     pub url: Option<String>,
+    /// A second server to fail over to when the first stays down.
+    pub backup_url: Option<String>,
 }
 
 /// Which sources feed the stream.
@@ -45,12 +73,25 @@ impl Default for Sources {
 pub struct RelaySettings {
     /// Address to listen on; loopback by default so nothing is exposed by accident.
     pub listen: String,
+    /// Address of the HTTP side (HTTP-FLV, watch page, stats API) of `onair relay`; empty
+    /// turns it off.
+    pub http_listen: String,
+    /// Stream keys allowed to publish; empty lets anyone publish.
+    pub keys: Vec<String>,
+    /// Key players must give (`?key=`); unset leaves playback open.
+    pub play_key: Option<String>,
+    /// Most simultaneous connections; 0 means the built-in default.
+    pub max_connections: usize,
 }
 
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
             listen: "127.0.0.1:1935".into(),
+            http_listen: "127.0.0.1:8080".into(),
+            keys: Vec::new(),
+            play_key: None,
+            max_connections: 0,
         }
     }
 }
@@ -134,6 +175,26 @@ impl Settings {
             if !url.is_empty() {
                 crate::publish::url::RtmpUrl::parse(url).context("destination.url is invalid")?;
             }
+        }
+        if let Some(url) = &self.destination.backup_url {
+            if !url.is_empty() {
+                crate::publish::url::RtmpUrl::parse(url)
+                    .context("destination.backup_url is invalid")?;
+            }
+        }
+        let n = &self.network;
+        if n.min_bitrate_kbps > self.video.bitrate_kbps {
+            bail!(
+                "network.min_bitrate_kbps = {} is above video.bitrate_kbps = {}",
+                n.min_bitrate_kbps,
+                self.video.bitrate_kbps
+            );
+        }
+        if !(1..=600).contains(&n.max_reconnect_delay_secs) {
+            bail!(
+                "network.max_reconnect_delay_secs = {} is invalid: use 1 to 600",
+                n.max_reconnect_delay_secs
+            );
         }
         Ok(())
     }

@@ -61,6 +61,18 @@ struct LiveArgs {
     /// Also record what goes out to this FLV file.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// A second server to fail over to when --url stays down.
+    #[arg(long, value_name = "URL")]
+    backup_url: Option<String>,
+    /// Keep the bitrate fixed instead of adapting it to the network.
+    #[arg(long)]
+    no_abr: bool,
+    /// Reconnect attempts in a row before giving up (0: never).
+    #[arg(long, value_name = "N")]
+    max_reconnects: Option<u32>,
+    /// Longest wait between reconnect attempts, in seconds.
+    #[arg(long, value_name = "SECS")]
+    max_reconnect_delay: Option<u32>,
     /// Listen address of the embedded relay (when no --url is given).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
@@ -108,6 +120,18 @@ fn apply_live_args(settings: &mut Settings, args: &LiveArgs) -> anyhow::Result<(
     if let Some(l) = &args.listen {
         settings.relay.listen = l.clone();
     }
+    if let Some(u) = &args.backup_url {
+        settings.destination.backup_url = Some(u.clone());
+    }
+    if args.no_abr {
+        settings.network.adaptive_bitrate = false;
+    }
+    if let Some(n) = args.max_reconnects {
+        settings.network.max_reconnect_attempts = n;
+    }
+    if let Some(d) = args.max_reconnect_delay {
+        settings.network.max_reconnect_delay_secs = d;
+    }
     settings.validate()
 }
 
@@ -137,13 +161,14 @@ async fn live(settings: Settings, args: LiveArgs) -> anyhow::Result<()> {
     tokio::spawn(stop_on_ctrl_c(tx));
     let report = run_live(opts, Arc::new(Stats::default()), rx).await?;
     eprintln!(
-        "stopped after {:.1} s: {} video frames and {} audio frames sent, {} video / {} audio dropped, {} bytes",
+        "stopped after {:.1} s: {} video frames and {} audio frames sent, {} video / {} audio dropped, {} bytes, {} reconnects",
         report.elapsed.as_secs_f64(),
         report.frames_sent,
         report.audio_frames_sent,
         report.frames_dropped,
         report.audio_dropped,
-        report.bytes_sent
+        report.bytes_sent,
+        report.reconnects
     );
     if let Some(path) = &args.record {
         match &report.record_error {

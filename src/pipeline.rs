@@ -9,8 +9,8 @@ use crate::clock::MediaClock;
 use crate::config::Settings;
 use crate::encode::{self, AudioEncoder, VideoEncoder};
 use crate::flv::FlvWriter;
-use crate::media::{MediaKind, Packet, StreamHeaders};
-use crate::publish::rtmp::RtmpPublisher;
+use crate::media::{Packet, StreamHeaders};
+use crate::publish::output::{connect_first, run_output, EncoderControl, OutputConfig};
 use crate::publish::url::RtmpUrl;
 use crate::relay::{start_relay, RelayConfig, RelayHandle};
 use crate::stats::{status_line, Stats};
@@ -64,6 +64,8 @@ pub struct LiveReport {
     pub frames_dropped: u64,
     pub audio_dropped: u64,
     pub bytes_sent: u64,
+    /// Times the connection was re-established after a failure.
+    pub reconnects: u64,
     /// Set when recording failed (e.g. disk full); the stream itself went on.
     pub record_error: Option<String>,
 }
@@ -123,6 +125,35 @@ impl Shared {
     }
 }
 
+/// The output settings for a run: destination, backup, adaptation and reconnect limits.
+fn output_config(
+    s: &Settings,
+    primary: RtmpUrl,
+    connect_timeout: Duration,
+) -> anyhow::Result<OutputConfig> {
+    let mut cfg = OutputConfig::new(primary, s.video.bitrate_kbps, s.audio.bitrate_kbps);
+    cfg.connect_timeout = connect_timeout;
+    cfg.backup = match s
+        .destination
+        .backup_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    {
+        Some(u) => Some(RtmpUrl::parse(u).context("destination.backup_url is invalid")?),
+        None => None,
+    };
+    cfg.backoff.max_attempts = s.network.max_reconnect_attempts;
+    cfg.backoff.max = Duration::from_secs(s.network.max_reconnect_delay_secs as u64);
+    if !s.network.adaptive_bitrate {
+        cfg.abr = None;
+    } else if let Some(abr) = cfg.abr.as_mut() {
+        if s.network.min_bitrate_kbps > 0 {
+            abr.min_kbps = s.network.min_bitrate_kbps;
+        }
+    }
+    Ok(cfg)
+}
+
 /// Runs a live session until `duration`, a stop request, or an error.
 pub async fn run_live(
     opts: LiveOptions,
@@ -149,7 +180,8 @@ pub async fn run_live(
         audio_enc.name(),
         s.audio.bitrate_kbps
     );
-    let mut publisher = RtmpPublisher::connect(&dest.url, &headers, opts.connect_timeout).await?;
+    let out_cfg = output_config(s, dest.url.clone(), opts.connect_timeout)?;
+    let first = connect_first(&out_cfg, &headers).await?;
     let mut recorder = match &opts.record {
         Some(path) => Some(open_recorder(path, &headers)?),
         None => None,
@@ -162,7 +194,8 @@ pub async fn run_live(
         stats: stats.clone(),
         error: Mutex::new(None),
     });
-    let (tx, mut rx) = mpsc::channel::<Packet>(QUEUE_CAPACITY);
+    let control = Arc::new(EncoderControl::new(s.video.bitrate_kbps));
+    let (tx, rx) = mpsc::channel::<Packet>(QUEUE_CAPACITY);
     let video_source = TestCard::new(clock, s.video.width, s.video.height, s.video.fps)?;
     let audio_source = Tone::new(clock, s.sources.tone_hz);
     let video_thread = spawn_video(
@@ -170,85 +203,89 @@ pub async fn run_live(
         video_enc,
         tx.clone(),
         shared.clone(),
+        control.clone(),
     );
     let audio_thread = spawn_audio(Box::new(audio_source), audio_enc, tx, shared.clone());
 
     let started = Instant::now();
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut status_tick =
-        tokio::time::interval(opts.status_every.unwrap_or(Duration::from_secs(3600)));
-    status_tick.tick().await;
-    let mut prev = stats.snapshot();
-    let mut prev_at = Instant::now();
-    let mut stream_error = None;
-    loop {
-        let until_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            packet = rx.recv() => {
-                let Some(packet) = packet else { break };
-                stats.queue_depth.store(rx.len() as u64, Ordering::Relaxed);
-                if let Err(e) = publisher.send_packet(&packet).await {
-                    stream_error = Some(anyhow::Error::new(e));
-                    shared.stop.store(true, Ordering::SeqCst);
-                    break;
+    let output = run_output(
+        &out_cfg,
+        &headers,
+        first,
+        rx,
+        &control,
+        &stats,
+        Duration::from_secs(2),
+        |p| {
+            if let Some(w) = recorder.as_mut() {
+                if let Err(e) = w.write_packet(p) {
+                    let msg = format!(
+                    "recording stopped: {e}. The stream goes on; free disk space or choose another --record path"
+                );
+                    eprintln!("warning: {msg}");
+                    record_error = Some(msg);
+                    recorder = None;
                 }
-                count_sent(&stats, &packet);
-                if let Some(w) = recorder.as_mut() {
-                    if let Err(e) = w.write_packet(&packet) {
-                        let msg = format!("recording stopped: {e}. The stream goes on; free disk space or choose another --record path");
-                        eprintln!("warning: {msg}");
-                        record_error = Some(msg);
-                        recorder = None;
+            }
+        },
+    );
+    let supervise = async {
+        let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+        let every = opts.status_every.unwrap_or(Duration::from_secs(3600));
+        let mut status_tick = tokio::time::interval(every);
+        status_tick.tick().await;
+        let mut prev = stats.snapshot();
+        let mut prev_at = Instant::now();
+        loop {
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = until_deadline => shared.stop.store(true, Ordering::SeqCst),
+                changed = stop_rx.changed() => {
+                    if changed.is_err() || *stop_rx.borrow() {
+                        shared.stop.store(true, Ordering::SeqCst);
                     }
                 }
-            }
-            n = publisher.read_server() => {
-                let r = match n {
-                    Ok(n) => publisher.handle_server_data(n).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    stream_error = Some(anyhow::Error::new(e));
-                    shared.stop.store(true, Ordering::SeqCst);
-                    break;
+                _ = status_tick.tick(), if opts.status_every.is_some() => {
+                    let now = stats.snapshot();
+                    let line = status_line(
+                        &stats.state(),
+                        started.elapsed().as_secs_f64(),
+                        &prev,
+                        &now,
+                        prev_at.elapsed().as_secs_f64(),
+                    );
+                    eprintln!("{line}");
+                    prev = now;
+                    prev_at = Instant::now();
                 }
             }
-            _ = until_deadline => shared.stop.store(true, Ordering::SeqCst),
-            changed = stop_rx.changed() => {
-                if changed.is_err() || *stop_rx.borrow() {
-                    shared.stop.store(true, Ordering::SeqCst);
-                }
-            }
-            _ = status_tick.tick(), if opts.status_every.is_some() => {
-                let now = stats.snapshot();
-                eprintln!("{}", status_line(started.elapsed().as_secs_f64(), &prev, &now, prev_at.elapsed().as_secs_f64()));
-                prev = now;
-                prev_at = Instant::now();
+            if shared.stop.load(Ordering::SeqCst)
+                && deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+            {
+                // keep printing while the output drains; the output future ends the select
+                std::future::pending::<()>().await;
             }
         }
-    }
+    };
+    let result = tokio::select! {
+        r = output => r,
+        _ = supervise => unreachable!("the supervisor never ends"),
+    };
     shared.stop.store(true, Ordering::SeqCst);
-    drop(rx);
     for t in [video_thread, audio_thread] {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-    let bytes_sent = publisher.bytes_sent;
-    if stream_error.is_none() {
-        let _ = publisher.close().await;
     }
     if let Some(mut w) = recorder {
         if let Err(e) = w.flush() {
             record_error = Some(format!("recording could not be finished: {e}"));
         }
     }
-    if let Some(e) = stream_error {
-        return Err(e.context("the stream was interrupted"));
-    }
+    let summary = result.map_err(|e| anyhow::Error::new(e).context("the stream ended"))?;
     if let Some(e) = shared
         .error
         .lock()
@@ -262,9 +299,10 @@ pub async fn run_live(
         elapsed: started.elapsed(),
         frames_sent: snap.frames_sent,
         audio_frames_sent: snap.audio_frames_sent,
-        frames_dropped: snap.frames_dropped,
-        audio_dropped: snap.audio_dropped,
-        bytes_sent,
+        frames_dropped: snap.frames_dropped + snap.queue_video_drops,
+        audio_dropped: snap.audio_dropped + snap.queue_audio_drops,
+        bytes_sent: summary.bytes_sent,
+        reconnects: summary.reconnects,
         record_error,
     })
 }
@@ -279,20 +317,6 @@ fn open_recorder(
     w.write_headers(headers)
         .with_context(|| format!("cannot write the recording {}", path.display()))?;
     Ok(w)
-}
-
-fn count_sent(stats: &Stats, p: &Packet) {
-    match p.kind {
-        MediaKind::Video => {
-            Stats::add(&stats.frames_sent, 1);
-            Stats::add(&stats.video_bytes, p.data.len() as u64);
-            stats.last_video_ms.store(p.pts_ms, Ordering::Relaxed);
-        }
-        MediaKind::Audio => {
-            Stats::add(&stats.audio_frames_sent, 1);
-            Stats::add(&stats.audio_bytes, p.data.len() as u64);
-        }
-    }
 }
 
 /// Outcome of offering a packet to the bounded queue.
@@ -315,6 +339,7 @@ fn spawn_video(
     mut encoder: Box<dyn VideoEncoder>,
     tx: mpsc::Sender<Packet>,
     shared: Arc<Shared>,
+    control: Arc<EncoderControl>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("onair-video".into())
@@ -323,6 +348,7 @@ fn spawn_video(
             // After a drop, inter frames would reference a missing picture: skip to an IDR.
             let mut need_keyframe = false;
             let mut skipped_seen = 0;
+            let mut bitrate = control.bitrate();
             let mut deliver = |p: Packet, encoder: &mut Box<dyn VideoEncoder>| -> bool {
                 if need_keyframe && !p.keyframe {
                     Stats::add(&stats.frames_dropped, 1);
@@ -345,6 +371,7 @@ fn spawn_video(
                     Err(e) => return shared.fail(e.context("video source failed")),
                 };
                 Stats::add(&stats.frames_in, 1);
+                apply_control(&control, encoder.as_mut(), &mut bitrate);
                 let skipped = source.skipped();
                 if skipped > skipped_seen {
                     Stats::add(&stats.frames_dropped, skipped - skipped_seen);
@@ -372,6 +399,23 @@ fn spawn_video(
             }
         })
         .expect("spawning the video thread")
+}
+
+/// Applies the output's requests (bitrate, IDR) to the encoder between frames.
+fn apply_control(control: &EncoderControl, encoder: &mut dyn VideoEncoder, bitrate: &mut u32) {
+    if control.take_keyframe_request() {
+        encoder.force_keyframe();
+    }
+    let wanted = control.bitrate();
+    if wanted != *bitrate {
+        match encoder.set_bitrate(wanted) {
+            Ok(()) => *bitrate = wanted,
+            Err(e) => {
+                tracing::warn!("encoder kept {} kbps: {e:#}", *bitrate);
+                control.set_bitrate(*bitrate);
+            }
+        }
+    }
 }
 
 fn spawn_audio(

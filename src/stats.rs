@@ -1,7 +1,12 @@
 //! Live counters shared by every stage and read by the CLI status line (and later the GUI):
 //! plain atomics, so writers never block and readers never lock.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// How many output events (ABR decisions, reconnects) are kept for display.
+pub const EVENT_HISTORY: usize = 200;
 
 /// Counters updated by the pipeline stages while live.
 #[derive(Debug, Default)]
@@ -30,6 +35,24 @@ pub struct Stats {
     pub bytes_out: AtomicU64,
     /// Timestamp (ms) of the last video packet sent.
     pub last_video_ms: AtomicI64,
+    /// Video bitrate the encoder is asked for now (kbit/s).
+    pub target_kbps: AtomicU64,
+    /// Media delay waiting to be sent: send queue plus unsent socket bytes (ms).
+    pub queue_ms: AtomicU64,
+    /// Video frames dropped by the send queue because nobody references them.
+    pub drop_non_reference: AtomicU64,
+    /// Video frames dropped by the send queue up to the next keyframe.
+    pub drop_gop_tail: AtomicU64,
+    /// Video frames discarded while waiting for a keyframe (after a drop or a reconnect).
+    pub drop_waiting_keyframe: AtomicU64,
+    /// Audio frames dropped by the send queue.
+    pub drop_audio: AtomicU64,
+    /// Successful reconnections.
+    pub reconnects: AtomicU64,
+    /// The output's state in words ("live", "reconnecting in 2.0 s (attempt 2)", …).
+    pub state: Mutex<String>,
+    /// The latest output events, oldest first.
+    pub events: Mutex<VecDeque<String>>,
 }
 
 /// A copy of the counters at one instant, for computing rates between two readings.
@@ -46,6 +69,11 @@ pub struct Snapshot {
     pub queue_depth: u64,
     pub encode_us: u64,
     pub bytes_out: u64,
+    pub target_kbps: u64,
+    pub queue_ms: u64,
+    pub queue_video_drops: u64,
+    pub queue_audio_drops: u64,
+    pub reconnects: u64,
 }
 
 impl Stats {
@@ -69,12 +97,51 @@ impl Stats {
             queue_depth: r(&self.queue_depth),
             encode_us: r(&self.encode_us),
             bytes_out: r(&self.bytes_out),
+            target_kbps: r(&self.target_kbps),
+            queue_ms: r(&self.queue_ms),
+            queue_video_drops: r(&self.drop_non_reference)
+                + r(&self.drop_gop_tail)
+                + r(&self.drop_waiting_keyframe),
+            queue_audio_drops: r(&self.drop_audio),
+            reconnects: r(&self.reconnects),
         }
+    }
+
+    /// Sets the state shown to the user.
+    pub fn set_state(&self, state: impl Into<String>) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state.into();
+    }
+
+    /// The state shown to the user.
+    pub fn state(&self) -> String {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records an event (bounded history).
+    pub fn push_event(&self, event: String) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() == EVENT_HISTORY {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// A copy of the recent events, oldest first.
+    pub fn events(&self) -> Vec<String> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.iter().cloned().collect()
     }
 }
 
-/// One status line from two snapshots `secs` apart: elapsed, fps in/out, kbps, drops, queue.
-pub fn status_line(elapsed_s: f64, prev: &Snapshot, now: &Snapshot, secs: f64) -> String {
+/// One status line from two snapshots `secs` apart: state, elapsed, fps in/out, kbps (and
+/// the encoder's target), encode time, drops, queue delay, reconnects.
+pub fn status_line(
+    state: &str,
+    elapsed_s: f64,
+    prev: &Snapshot,
+    now: &Snapshot,
+    secs: f64,
+) -> String {
     let secs = secs.max(1e-3);
     let fps_in = (now.frames_in - prev.frames_in) as f64 / secs;
     let fps_out = (now.frames_sent - prev.frames_sent) as f64 / secs;
@@ -88,18 +155,20 @@ pub fn status_line(elapsed_s: f64, prev: &Snapshot, now: &Snapshot, secs: f64) -
     };
     let total = elapsed_s as u64;
     format!(
-        "{:02}:{:02}:{:02}  fps in {:5.1} out {:5.1}  video {:6.0} kbps  audio {:4.0} kbps  encode {:4.1} ms  dropped {} video / {} audio  queue {}",
+        "{state:<4} {:02}:{:02}:{:02}  fps in {:5.1} out {:5.1}  video {:6.0} kbps (target {})  audio {:4.0} kbps  encode {:4.1} ms  dropped {} video / {} audio  queue {} ms  reconnects {}",
         total / 3600,
         total / 60 % 60,
         total % 60,
         fps_in,
         fps_out,
         vkbps,
+        now.target_kbps,
         akbps,
         enc_ms,
-        now.frames_dropped,
-        now.audio_dropped,
-        now.queue_depth
+        now.frames_dropped + now.queue_video_drops,
+        now.audio_dropped + now.queue_audio_drops,
+        now.queue_ms,
+        now.reconnects
     )
 }
 
@@ -116,19 +185,21 @@ mod tests {
             video_bytes: 312_500,
             audio_bytes: 16_000,
             frames_dropped: 1,
-            queue_depth: 3,
+            queue_video_drops: 2,
+            queue_ms: 40,
+            target_kbps: 2500,
             frames_encoded: 30,
             encode_us: 60_000,
             ..Snapshot::default()
         };
-        let line = status_line(61.0, &prev, &now, 1.0);
-        assert!(line.starts_with("00:01:01"), "{line}");
+        let line = status_line("live", 61.0, &prev, &now, 1.0);
+        assert!(line.starts_with("live 00:01:01"), "{line}");
         assert!(line.contains("fps in  30.0 out  29.0"), "{line}");
-        assert!(line.contains("video   2500 kbps"), "{line}");
+        assert!(line.contains("video   2500 kbps (target 2500)"), "{line}");
         assert!(line.contains("audio  128 kbps"), "{line}");
         assert!(line.contains("encode  2.0 ms"), "{line}");
         assert!(
-            line.contains("dropped 1 video / 0 audio  queue 3"),
+            line.contains("dropped 3 video / 0 audio  queue 40 ms"),
             "{line}"
         );
     }

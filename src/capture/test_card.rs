@@ -34,6 +34,7 @@ pub struct TestCard {
     index: u64,
     skipped: u64,
     paced: bool,
+    last_pts: i64,
 }
 
 impl TestCard {
@@ -57,6 +58,7 @@ impl TestCard {
             index: 0,
             skipped: 0,
             paced: true,
+            last_pts: -1,
         })
     }
 
@@ -115,10 +117,12 @@ impl VideoSource for TestCard {
             self.clock.sleep_until(frame_time_ms(self.index, self.fps));
         }
         let pts = if self.paced {
-            self.clock.now_ms()
+            // Capture time, but strictly increasing even when two frames leave in the same ms.
+            self.clock.now_ms().max(self.last_pts + 1)
         } else {
             frame_time_ms(self.index, self.fps) as i64
         };
+        self.last_pts = pts;
         let frame = self.render(self.index, pts);
         self.index += 1;
         Ok(frame)

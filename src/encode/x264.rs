@@ -137,6 +137,9 @@ impl X264Encoder {
         params.i_log_level = sys::X264_LOG_WARNING as i32;
         params.rc.i_rc_method = sys::X264_RC_ABR as i32;
         set_rate(&mut params, settings.bitrate_kbps);
+        // True CBR, as streaming services expect: filler keeps the rate constant even on an
+        // easy picture, so the network sees (and adaptation measures) the rate we asked for.
+        params.rc.b_filler = 1;
         unsafe {
             if sys::x264_param_apply_profile(&mut params, profile.as_ptr()) < 0 {
                 bail!(

@@ -30,7 +30,7 @@ pub enum PublishError {
     },
     #[error("the server rejected the application '{app}': {description}. Check the part of the URL after the host")]
     AppRejected { app: String, description: String },
-    #[error("the server refused to publish stream key {key}: {code}. Check the stream key, or whether another encoder is already live on it")]
+    #[error("the server refused to publish stream key {key} ({code}): authentication failed or the key is already live elsewhere. Check the stream key")]
     PublishRefused { key: String, code: String },
     #[error("RTMP handshake with {addr} failed: {detail}. Is this an RTMP server?")]
     Handshake { addr: String, detail: String },
@@ -76,6 +76,29 @@ pub async fn client_handshake(stream: &mut TcpStream, addr: &str) -> Result<Vec<
     }
 }
 
+/// "code: description" of an error status object (level "error"), if that is what it is.
+fn error_status(values: &[rml_rtmp::rml_amf0::Amf0Value]) -> Option<String> {
+    use rml_rtmp::rml_amf0::Amf0Value;
+    values.iter().find_map(|v| {
+        let Amf0Value::Object(props) = v else {
+            return None;
+        };
+        let text = |k: &str| match props.get(k) {
+            Some(Amf0Value::Utf8String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let is_error = text("level").as_deref() == Some("error");
+        let code = text("code").unwrap_or_default();
+        if !is_error && !code.contains("BadName") && !code.contains("Rejected") {
+            return None;
+        }
+        Some(match text("description") {
+            Some(d) if !d.is_empty() => format!("{code}: {d}"),
+            _ => code,
+        })
+    })
+}
+
 fn io_err(addr: &str, cause: std::io::Error) -> PublishError {
     PublishError::Io {
         addr: addr.to_string(),
@@ -85,6 +108,27 @@ fn io_err(addr: &str, cause: std::io::Error) -> PublishError {
 
 async fn write_all(stream: &mut TcpStream, addr: &str, bytes: &[u8]) -> Result<(), PublishError> {
     stream.write_all(bytes).await.map_err(|e| io_err(addr, e))
+}
+
+async fn open_socket(addr: &str, send_buffer: Option<u32>) -> std::io::Result<TcpStream> {
+    let mut last_err = None;
+    for sa in tokio::net::lookup_host(addr).await? {
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(size) = send_buffer {
+            socket.set_send_buffer_size(size)?;
+        }
+        match socket.connect(sa).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the host name has no address")
+    }))
 }
 
 /// A connected, publishing RTMP session.
@@ -108,13 +152,24 @@ impl RtmpPublisher {
         headers: &StreamHeaders,
         timeout: Duration,
     ) -> Result<RtmpPublisher, PublishError> {
+        Self::connect_with_buffer(url, headers, timeout, None).await
+    }
+
+    /// Like [`Self::connect`], with the socket's send buffer limited to `send_buffer` bytes:
+    /// a large kernel buffer would hide congestion from the send queue for seconds.
+    pub async fn connect_with_buffer(
+        url: &RtmpUrl,
+        headers: &StreamHeaders,
+        timeout: Duration,
+        send_buffer: Option<u32>,
+    ) -> Result<RtmpPublisher, PublishError> {
         let addr = url.address();
         let timeout_err = || PublishError::Timeout {
             addr: addr.clone(),
             secs: timeout.as_secs().max(1),
             port: url.port,
         };
-        let mut stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+        let mut stream = tokio::time::timeout(timeout, open_socket(&addr, send_buffer))
             .await
             .map_err(|_| timeout_err())?
             .map_err(|cause| PublishError::Connect {
@@ -185,6 +240,19 @@ impl RtmpPublisher {
                             key: self.url.masked_key(),
                             code,
                         });
+                    }
+                    // Some servers answer a refused publish with an `_error` that names no
+                    // transaction of ours.
+                    ClientSessionEvent::UnknownTransactionResultReceived {
+                        additional_values,
+                        ..
+                    } => {
+                        if let Some(code) = error_status(&additional_values) {
+                            return Err(PublishError::PublishRefused {
+                                key: self.url.masked_key(),
+                                code,
+                            });
+                        }
                     }
                     _ => {}
                 }
@@ -311,13 +379,63 @@ impl RtmpPublisher {
 
     /// Sends one media packet (timestamp = dts, composition offset inside the video tag).
     pub async fn send_packet(&mut self, packet: &Packet) -> Result<(), PublishError> {
+        let bytes = self.serialize_packet(packet)?;
+        self.write(&bytes).await
+    }
+
+    /// Turns a media packet into RTMP chunk bytes without sending them, so the caller can
+    /// write them as the socket allows and keep deciding what to drop meanwhile. Bytes must be
+    /// written in the order they were serialized.
+    pub fn serialize_packet(&mut self, packet: &Packet) -> Result<Vec<u8>, PublishError> {
         let body = match packet.kind {
             MediaKind::Video => flv::video_tag_body(packet),
             MediaKind::Audio => flv::audio_tag_body(&packet.data),
         };
-        let ts = packet.dts_ms.max(0) as u32;
-        self.send_body(packet.kind, body, ts, packet.disposable)
-            .await
+        let ts = RtmpTimestamp::new(packet.dts_ms.max(0) as u32);
+        let r = match packet.kind {
+            MediaKind::Video => self.session.publish_video_data(body, ts, packet.disposable),
+            MediaKind::Audio => self.session.publish_audio_data(body, ts, false),
+        }
+        .map_err(|e| PublishError::Protocol(e.to_string()))?;
+        match r {
+            ClientSessionResult::OutboundResponse(p) => Ok(p.bytes),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes as much of `bytes` as the socket takes now, waiting until it takes something.
+    /// Cancel-safe: nothing is written unless the count is returned.
+    pub async fn write_some(&mut self, bytes: &[u8]) -> Result<usize, PublishError> {
+        loop {
+            self.stream
+                .writable()
+                .await
+                .map_err(|e| io_err(&self.addr, e))?;
+            match self.stream.try_write(bytes) {
+                Ok(n) => {
+                    self.bytes_sent += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io_err(&self.addr, e)),
+            }
+        }
+    }
+
+    /// Bytes written to the socket that the peer has not acknowledged yet (Linux TIOCOUTQ);
+    /// None where the OS does not say.
+    pub fn unsent_bytes(&self) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut n: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ writes one int for a valid socket descriptor.
+            let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+            if r == 0 && n >= 0 {
+                return Some(n as u64);
+            }
+        }
+        None
     }
 
     /// Waits for data from the server (acknowledgements, pings). Cancel-safe, so it can sit in
@@ -339,13 +457,31 @@ impl RtmpPublisher {
         Ok(n)
     }
 
-    /// Processes `n` bytes returned by [`Self::read_server`] and answers the server.
-    pub async fn handle_server_data(&mut self, n: usize) -> Result<(), PublishError> {
-        let data = self.read_buf[..n].to_vec();
-        for e in self.feed(&data).await? {
-            tracing::debug!(?e, "server event");
+    /// The socket, for callers that wait on readiness themselves.
+    pub fn socket(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Processes bytes from the server; returns the answers to send (acknowledgements, pong)
+    /// for the caller to write after the message it is writing, so a full socket never
+    /// blocks the caller here.
+    pub fn handle_server_bytes(&mut self, data: &[u8]) -> Result<Vec<u8>, PublishError> {
+        let results = self
+            .session
+            .handle_input(data)
+            .map_err(|e| PublishError::Protocol(e.to_string()))?;
+        let mut out = Vec::new();
+        for r in results {
+            match r {
+                ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
+                ClientSessionResult::RaisedEvent(ClientSessionEvent::AcknowledgementReceived {
+                    bytes_received,
+                }) => self.bytes_acked = bytes_received as u64,
+                ClientSessionResult::RaisedEvent(e) => tracing::debug!(?e, "server event"),
+                ClientSessionResult::UnhandleableMessageReceived(_) => {}
+            }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Ends the stream politely (deleteStream) and flushes the socket.

@@ -2,6 +2,9 @@
 //! ffprobe queries, and a private nginx-rtmp instance.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod rtmp_capture;
+
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,541 @@
+//! The RTMP output: moves packets from the encoders to the server through the send queue,
+//! measures the link, runs adaptive bitrate, and reconnects with backoff when the connection
+//! breaks, so a network blip costs a few frames instead of the stream. Every decision is
+//! logged and counted in [`Stats`].
+
+use super::abr::{Abr, AbrConfig, LinkSample};
+use super::backoff::{Backoff, BackoffConfig};
+use super::queue::SendQueue;
+use super::rtmp::{PublishError, RtmpPublisher};
+use super::url::RtmpUrl;
+use crate::media::{MediaKind, Packet, StreamHeaders};
+use crate::stats::Stats;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How the encoder is steered from the output: bitrate changes and IDR requests. The video
+/// thread applies them between frames.
+#[derive(Debug, Default)]
+pub struct EncoderControl {
+    force_keyframe: AtomicBool,
+    bitrate_kbps: AtomicU32,
+}
+
+impl EncoderControl {
+    /// A handle starting at `kbps`.
+    pub fn new(kbps: u32) -> Self {
+        EncoderControl {
+            force_keyframe: AtomicBool::new(false),
+            bitrate_kbps: AtomicU32::new(kbps),
+        }
+    }
+
+    /// Asks for an IDR as soon as possible.
+    pub fn request_keyframe(&self) {
+        self.force_keyframe.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes a pending IDR request.
+    pub fn take_keyframe_request(&self) -> bool {
+        self.force_keyframe.swap(false, Ordering::Relaxed)
+    }
+
+    /// Sets the bitrate the encoder should use.
+    pub fn set_bitrate(&self, kbps: u32) {
+        self.bitrate_kbps.store(kbps, Ordering::Relaxed);
+    }
+
+    /// The bitrate the encoder should use.
+    pub fn bitrate(&self) -> u32 {
+        self.bitrate_kbps.load(Ordering::Relaxed)
+    }
+}
+
+/// How the output behaves.
+#[derive(Clone, Debug)]
+pub struct OutputConfig {
+    pub primary: RtmpUrl,
+    /// Used after `switch_after` failed attempts on the primary (then alternating).
+    pub backup: Option<RtmpUrl>,
+    pub switch_after: u32,
+    pub connect_timeout: Duration,
+    pub backoff: BackoffConfig,
+    /// None: fixed bitrate.
+    pub abr: Option<AbrConfig>,
+    /// Delay budget of the send queue.
+    pub queue_budget_ms: u64,
+    pub audio_kbps: u32,
+    /// Socket send buffer in bytes (None: the OS default).
+    pub send_buffer: Option<u32>,
+}
+
+impl OutputConfig {
+    /// Defaults for streaming `video_kbps` + `audio_kbps` to `primary`.
+    pub fn new(primary: RtmpUrl, video_kbps: u32, audio_kbps: u32) -> Self {
+        let queue_budget_ms = 450;
+        let abr = AbrConfig {
+            queue_budget_ms,
+            ..AbrConfig::for_bitrate(video_kbps)
+        };
+        OutputConfig {
+            primary,
+            backup: None,
+            switch_after: 3,
+            connect_timeout: Duration::from_secs(10),
+            backoff: BackoffConfig::default(),
+            abr: Some(abr),
+            queue_budget_ms,
+            audio_kbps,
+            send_buffer: Some(send_buffer_for(video_kbps + audio_kbps)),
+        }
+    }
+}
+
+/// A socket send buffer holding about 150 ms at `kbps`: enough to keep the link busy, small
+/// enough that congestion shows in our queue, where we can act on it.
+pub fn send_buffer_for(kbps: u32) -> u32 {
+    (kbps * 1000 / 8 * 150 / 1000).clamp(16 * 1024, 1024 * 1024)
+}
+
+/// Failures that retrying cannot fix.
+fn is_permanent(e: &PublishError) -> bool {
+    matches!(
+        e,
+        PublishError::PublishRefused { .. } | PublishError::AppRejected { .. }
+    )
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<RtmpPublisher, PublishError>> + Send>>;
+
+fn connect_future(cfg: &OutputConfig, url: &RtmpUrl, headers: &StreamHeaders) -> ConnectFuture {
+    let (url, headers) = (url.clone(), headers.clone());
+    let (timeout, buffer) = (cfg.connect_timeout, cfg.send_buffer);
+    Box::pin(
+        async move { RtmpPublisher::connect_with_buffer(&url, &headers, timeout, buffer).await },
+    )
+}
+
+/// Connects for the first time. A failure here is returned as is: the user is at the
+/// keyboard and should fix the URL or the server, not wait for retries.
+pub async fn connect_first(
+    cfg: &OutputConfig,
+    headers: &StreamHeaders,
+) -> Result<RtmpPublisher, PublishError> {
+    connect_future(cfg, &cfg.primary, headers).await
+}
+
+/// What happened over a whole run.
+#[derive(Clone, Debug, Default)]
+pub struct OutputSummary {
+    pub bytes_sent: u64,
+    pub reconnects: u64,
+}
+
+/// The output loop state that outlives a connection.
+struct Output<'a> {
+    cfg: &'a OutputConfig,
+    headers: &'a StreamHeaders,
+    stats: &'a Stats,
+    control: &'a EncoderControl,
+    started: Instant,
+    queue: SendQueue,
+    abr: Option<Abr>,
+    backoff: Backoff,
+    conn: Option<RtmpPublisher>,
+    /// Bytes of the message being written, and how far we got.
+    outbuf: Vec<u8>,
+    outpos: usize,
+    /// Answers to the server, written after the current message.
+    control_bytes: Vec<u8>,
+    connected_at: Instant,
+    on_backup: bool,
+    failures_here: u32,
+    reconnect_at: Option<tokio::time::Instant>,
+    connecting: Option<ConnectFuture>,
+    bytes_sent_before: u64,
+    last_sample: (Instant, u64),
+}
+
+impl Output<'_> {
+    fn log(&self, msg: String) {
+        let t = self.started.elapsed().as_secs_f64();
+        let line = format!("[{t:7.1} s] {msg}");
+        tracing::info!("{line}");
+        eprintln!("{line}");
+        self.stats.push_event(line);
+    }
+
+    fn io_error(&self, cause: std::io::Error) -> PublishError {
+        PublishError::Io {
+            addr: self.current_url().address(),
+            cause,
+        }
+    }
+
+    fn closed_error(&self) -> PublishError {
+        PublishError::Closed {
+            addr: self.current_url().address(),
+            stage: "streaming",
+            hint: "the server ended the stream or went away",
+        }
+    }
+
+    fn current_url(&self) -> &RtmpUrl {
+        match (&self.cfg.backup, self.on_backup) {
+            (Some(b), true) => b,
+            _ => &self.cfg.primary,
+        }
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.bytes_sent_before + self.conn.as_ref().map(|c| c.bytes_sent).unwrap_or(0)
+    }
+
+    /// The connection broke: schedule a retry (or give up).
+    fn on_failure(&mut self, e: PublishError) -> Result<(), PublishError> {
+        if let Some(c) = self.conn.take() {
+            self.bytes_sent_before += c.bytes_sent;
+        }
+        self.outbuf.clear();
+        self.outpos = 0;
+        self.control_bytes.clear();
+        if is_permanent(&e) {
+            self.stats.set_state(format!("failed: {e}"));
+            self.log(format!("giving up: {e}"));
+            return Err(e);
+        }
+        if self.connected_at.elapsed() >= self.backoff.stable_after() {
+            self.backoff.reset();
+        }
+        self.failures_here += 1;
+        if self.cfg.backup.is_some() && self.failures_here > self.cfg.switch_after {
+            self.on_backup = !self.on_backup;
+            self.failures_here = 1;
+            self.log(format!(
+                "switching to the {} server {}",
+                if self.on_backup { "backup" } else { "primary" },
+                self.current_url()
+            ));
+        }
+        match self.backoff.next_delay() {
+            Some(delay) => {
+                let attempt = self.backoff.attempt();
+                self.reconnect_at = Some(tokio::time::Instant::now() + delay);
+                self.stats.set_state(format!(
+                    "reconnecting in {:.1} s (attempt {attempt})",
+                    delay.as_secs_f64()
+                ));
+                self.log(format!(
+                    "connection lost: {e}; reconnecting in {:.1} s (attempt {attempt})",
+                    delay.as_secs_f64()
+                ));
+                Ok(())
+            }
+            None => {
+                let msg = format!("gave up after {} attempts: {e}", self.backoff.attempt());
+                self.stats.set_state(format!("failed: {msg}"));
+                self.log(msg);
+                Err(e)
+            }
+        }
+    }
+
+    fn on_connected(&mut self, conn: RtmpPublisher) {
+        self.conn = Some(conn);
+        self.connected_at = Instant::now();
+        // The new session starts on a fresh IDR, after the headers connect() sent.
+        self.queue.restart_at_keyframe();
+        self.queue.take_keyframe_request();
+        self.control.request_keyframe();
+        crate::stats::Stats::add(&self.stats.reconnects, 1);
+        self.stats.set_state("live");
+        self.log(format!(
+            "reconnected to {} after {} attempt(s); resuming at the next keyframe",
+            self.current_url(),
+            self.backoff.attempt()
+        ));
+        self.last_sample = (Instant::now(), self.bytes_sent());
+    }
+
+    /// Moves the next packet (and pending answers) into the write buffer.
+    fn refill(&mut self) -> Result<(), PublishError> {
+        if self.outpos < self.outbuf.len() {
+            return Ok(());
+        }
+        self.outbuf.clear();
+        self.outpos = 0;
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        self.outbuf.append(&mut self.control_bytes);
+        if let Some(p) = self.queue.pop() {
+            let bytes = conn.serialize_packet(&p)?;
+            self.outbuf.extend_from_slice(&bytes);
+            count_sent(self.stats, &p);
+        }
+        Ok(())
+    }
+
+    /// Periodic measurement: stats, ABR (unless `draining`), keyframe requests.
+    fn sample(&mut self, draining: bool) {
+        let now = Instant::now();
+        let sent = self.bytes_sent();
+        let secs = now
+            .duration_since(self.last_sample.0)
+            .as_secs_f64()
+            .max(1e-3);
+        let send_kbps = (sent - self.last_sample.1) as f64 * 8.0 / 1000.0 / secs;
+        self.last_sample = (now, sent);
+        let rate_kbps = (self.control.bitrate() + self.cfg.audio_kbps).max(1) as u64;
+        let unsent = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.unsent_bytes())
+            .unwrap_or(0)
+            + (self.outbuf.len() - self.outpos) as u64;
+        let queue_ms = self.queue.delay_ms() + unsent * 8 / rate_kbps;
+        self.stats.queue_ms.store(queue_ms, Ordering::Relaxed);
+        let d = self.queue.drops();
+        self.stats
+            .drop_non_reference
+            .store(d.non_reference, Ordering::Relaxed);
+        self.stats
+            .drop_gop_tail
+            .store(d.gop_tail, Ordering::Relaxed);
+        self.stats
+            .drop_waiting_keyframe
+            .store(d.waiting_for_keyframe, Ordering::Relaxed);
+        self.stats.drop_audio.store(d.audio, Ordering::Relaxed);
+        self.stats.bytes_out.store(sent, Ordering::Relaxed);
+        if self.queue.take_keyframe_request() {
+            self.control.request_keyframe();
+        }
+        if self.conn.is_none() || draining {
+            return;
+        }
+        if let Some(abr) = self.abr.as_mut() {
+            let sample = LinkSample {
+                now_ms: self.started.elapsed().as_millis() as u64,
+                queue_ms,
+                send_kbps,
+                audio_kbps: self.cfg.audio_kbps as f64,
+            };
+            if let Some(change) = abr.on_sample(sample) {
+                self.control.set_bitrate(change.to_kbps);
+                self.stats
+                    .target_kbps
+                    .store(change.to_kbps as u64, Ordering::Relaxed);
+                self.log(format!(
+                    "bitrate {} → {} kbps: {}",
+                    change.from_kbps, change.to_kbps, change.reason
+                ));
+            }
+        }
+    }
+}
+
+/// Writes what the socket takes now (cancel-safe: nothing is written unless returned).
+async fn write_some(
+    stream: Option<&tokio::net::TcpStream>,
+    bytes: &[u8],
+) -> std::io::Result<usize> {
+    let stream = stream.expect("write only while connected");
+    loop {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Reads what the server sent (cancel-safe).
+async fn read_some(
+    stream: Option<&tokio::net::TcpStream>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let stream = stream.expect("read only while connected");
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn count_sent(stats: &Stats, p: &Packet) {
+    match p.kind {
+        MediaKind::Video => {
+            Stats::add(&stats.frames_sent, 1);
+            Stats::add(&stats.video_bytes, p.data.len() as u64);
+            stats.last_video_ms.store(p.pts_ms, Ordering::Relaxed);
+        }
+        MediaKind::Audio => {
+            Stats::add(&stats.audio_frames_sent, 1);
+            Stats::add(&stats.audio_bytes, p.data.len() as u64);
+        }
+    }
+}
+
+/// Streams packets from `rx` until it closes (then drains the queue for up to `drain`), or a
+/// permanent failure. `on_packet` sees every packet as it arrives (e.g. the recorder).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_output(
+    cfg: &OutputConfig,
+    headers: &StreamHeaders,
+    first: RtmpPublisher,
+    mut rx: mpsc::Receiver<Packet>,
+    control: &EncoderControl,
+    stats: &Stats,
+    drain: Duration,
+    mut on_packet: impl FnMut(&Packet),
+) -> Result<OutputSummary, PublishError> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+        ^ std::process::id() as u64;
+    stats
+        .target_kbps
+        .store(control.bitrate() as u64, Ordering::Relaxed);
+    stats.set_state("live");
+    let mut out = Output {
+        cfg,
+        headers,
+        stats,
+        control,
+        started: Instant::now(),
+        queue: SendQueue::new(cfg.queue_budget_ms),
+        abr: cfg.abr.clone().map(Abr::new),
+        backoff: Backoff::new(cfg.backoff.clone(), seed),
+        conn: Some(first),
+        outbuf: Vec::with_capacity(64 * 1024),
+        outpos: 0,
+        control_bytes: Vec::new(),
+        connected_at: Instant::now(),
+        on_backup: false,
+        failures_here: 0,
+        reconnect_at: None,
+        connecting: None,
+        bytes_sent_before: 0,
+        last_sample: (Instant::now(), 0),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut input_open = true;
+    let mut read_buf = vec![0u8; 16 * 1024];
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if out.conn.is_some() {
+            if let Err(e) = out.refill() {
+                out.on_failure(e)?;
+            }
+        }
+        let writing = out.conn.is_some() && out.outpos < out.outbuf.len();
+        if !input_open {
+            let idle = out.queue.is_empty() && !writing;
+            if idle || out.conn.is_none() {
+                break;
+            }
+            let deadline =
+                *drain_deadline.get_or_insert_with(|| tokio::time::Instant::now() + drain);
+            if tokio::time::Instant::now() >= deadline {
+                out.log("stopped before the send queue emptied".into());
+                break;
+            }
+        }
+        let reconnect_due = out.reconnect_at;
+        let stream = out.conn.as_ref().map(|c| c.socket());
+        let pending = &out.outbuf[out.outpos.min(out.outbuf.len())..];
+        let is_connecting = out.connecting.is_some();
+        let can_connect = reconnect_due.is_some() && !is_connecting;
+        let connecting = out.connecting.as_mut();
+        enum Event {
+            Packet(Option<Packet>),
+            Wrote(std::io::Result<usize>),
+            Read(std::io::Result<usize>),
+            ReconnectDue,
+            Connected(Box<Result<RtmpPublisher, PublishError>>),
+            Tick,
+        }
+        let event = tokio::select! {
+            p = rx.recv(), if input_open => Event::Packet(p),
+            r = write_some(stream, pending), if writing => Event::Wrote(r),
+            r = read_some(stream, &mut read_buf), if stream.is_some() => Event::Read(r),
+            _ = sleep_until_opt(reconnect_due), if can_connect => Event::ReconnectDue,
+            r = async { connecting.expect("guarded").await }, if is_connecting => Event::Connected(Box::new(r)),
+            _ = tick.tick() => Event::Tick,
+        };
+        match event {
+            Event::Packet(Some(p)) => {
+                on_packet(&p);
+                out.queue.push(p);
+            }
+            Event::Packet(None) => input_open = false,
+            Event::Wrote(Ok(n)) => {
+                out.outpos += n;
+                if let Some(c) = out.conn.as_mut() {
+                    c.bytes_sent += n as u64;
+                }
+            }
+            Event::Wrote(Err(e)) => {
+                let e = out.io_error(e);
+                out.on_failure(e)?
+            }
+            Event::Read(r) => {
+                let answer = match r {
+                    Ok(0) => Err(out.closed_error()),
+                    Ok(n) => out
+                        .conn
+                        .as_mut()
+                        .expect("read only while connected")
+                        .handle_server_bytes(&read_buf[..n]),
+                    Err(e) => Err(out.io_error(e)),
+                };
+                match answer {
+                    Ok(bytes) => out.control_bytes.extend_from_slice(&bytes),
+                    Err(e) => out.on_failure(e)?,
+                }
+            }
+            Event::ReconnectDue => {
+                out.reconnect_at = None;
+                let url = out.current_url().clone();
+                out.stats
+                    .set_state(format!("connecting (attempt {})", out.backoff.attempt()));
+                out.log(format!(
+                    "connecting to {url} (attempt {})",
+                    out.backoff.attempt()
+                ));
+                out.connecting = Some(connect_future(out.cfg, &url, out.headers));
+            }
+            Event::Connected(r) => {
+                out.connecting = None;
+                match *r {
+                    Ok(conn) => out.on_connected(conn),
+                    Err(e) => out.on_failure(e)?,
+                }
+            }
+            Event::Tick => out.sample(!input_open),
+        }
+    }
+    out.sample(true);
+    let bytes_sent = out.bytes_sent();
+    if let Some(conn) = out.conn.take() {
+        let _ = conn.close().await;
+    }
+    Ok(OutputSummary {
+        bytes_sent,
+        reconnects: stats.reconnects.load(Ordering::Relaxed),
+    })
+}
