@@ -18,6 +18,7 @@ fn x264_encode(c: &mut Criterion) {
         let settings = VideoEncoderSettings {
             width: w,
             height: h,
+            encoder: "x264".into(),
             ..Default::default()
         };
         let mut enc = open_video(&settings).unwrap();

@@ -16,6 +16,18 @@ pub struct Settings {
     pub sources: Sources,
     pub relay: RelaySettings,
     pub network: NetworkSettings,
+    pub qa: QaSettings,
+    /// Processing of the microphone signal (not applied to the test tone).
+    pub audio_chain: crate::audio::AudioChainSettings,
+}
+
+/// Quality-assurance aids that change what goes out, off unless asked for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QaSettings {
+    /// Stamp every frame with its capture time and number (barcode, digits and SEI), so
+    /// `onair probe` can measure glass-to-glass latency and lost frames on the viewer side.
+    pub stamp: bool,
 }
 
 /// How the stream copes with a bad network.
@@ -59,11 +71,16 @@ pub struct Destination {
 pub struct Sources {
     /// Frequency of the test tone in Hz.
     pub tone_hz: f32,
+    /// Microphone to capture ("default" or a name from `onair devices`); none: the test tone.
+    pub microphone: Option<String>,
 }
 
 impl Default for Sources {
     fn default() -> Self {
-        Sources { tone_hz: 440.0 }
+        Sources {
+            tone_hz: 440.0,
+            microphone: None,
+        }
     }
 }
 
@@ -82,6 +99,9 @@ pub struct RelaySettings {
     pub play_key: Option<String>,
     /// Most simultaneous connections; 0 means the built-in default.
     pub max_connections: usize,
+    /// Milliseconds of live media handed to each viewer in one write (0: every message at
+    /// once); more means less CPU per viewer and that much more latency.
+    pub merge_ms: u64,
 }
 
 impl Default for RelaySettings {
@@ -92,6 +112,7 @@ impl Default for RelaySettings {
             keys: Vec::new(),
             play_key: None,
             max_connections: 0,
+            merge_ms: 30,
         }
     }
 }
@@ -141,6 +162,8 @@ impl Settings {
     /// Rejects values no part of the pipeline could use, naming the field.
     pub fn validate(&self) -> anyhow::Result<()> {
         crate::encode::x264::validate(&self.video)?;
+        crate::encode::validate_encoder(&self.video)?;
+        self.audio_chain.validate()?;
         if self.audio.sample_rate != 48_000 && self.audio.sample_rate != 44_100 {
             bail!(
                 "audio.sample_rate = {} is not supported: use 48000 or 44100",

@@ -13,3 +13,4 @@ pub mod publish;
 pub mod qa;
 pub mod relay;
 pub mod stats;
+pub mod video;

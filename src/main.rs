@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use onair::config::Settings;
 use onair::pipeline::{run_live, LiveOptions};
-use onair::relay::{start_relay, RelayConfig};
+use onair::relay::cli::RelayArgs;
 use onair::stats::Stats;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,14 +25,19 @@ struct Cli {
 enum Command {
     /// Go live: stream to --url, or to the embedded relay when no destination is set.
     Live(LiveArgs),
-    /// Run the embedded RTMP relay on its own (publish to it, play from it).
-    Relay {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:1935")]
-        listen: String,
-    },
+    /// Run the relay on its own: RTMP in, RTMP and HTTP-FLV out, a watch page and stats.
+    Relay(RelayArgs),
     /// List the encoder backends this build has and whether they open on this machine.
     Encoders,
+    /// Play a stream stamped with `onair live --stamp` and measure glass-to-glass latency,
+    /// jitter and lost frames (rtmp://…, http://….flv or an FLV file).
+    Probe(ProbeArgs),
+    /// List the microphones (and cameras) this machine offers.
+    Devices,
+    /// Run the video filters on a PNG picture and write the result (a before/after check).
+    Snapshot(SnapshotArgs),
+    /// Show the GPU adapters and the one the video filters use.
+    Gpu,
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,6 +63,13 @@ struct LiveArgs {
     /// Seconds between keyframes.
     #[arg(long, value_name = "SECS")]
     keyint: Option<f32>,
+    /// H.264 encoder: auto, x264, ffmpeg-x264, nvenc, qsv, vaapi, videotoolbox, amf or v4l2m2m
+    /// (see `onair encoders`); an unavailable one falls back to x264.
+    #[arg(long, value_name = "NAME")]
+    encoder: Option<String>,
+    /// Microphone to stream ("default" or a name from `onair devices`) instead of the tone.
+    #[arg(long, value_name = "NAME")]
+    mic: Option<String>,
     /// Also record what goes out to this FLV file.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
@@ -79,6 +91,75 @@ struct LiveArgs {
     /// No status lines.
     #[arg(long)]
     quiet: bool,
+    /// Stamp every frame with its capture time and number (barcode, digits and SEI) for
+    /// `onair probe` (sets qa.stamp for this run).
+    #[arg(long)]
+    stamp: bool,
+    /// Time each publishing stage (capture, encode, queue, socket) and print the per-stage
+    /// p50/p95 at the end.
+    #[arg(long)]
+    latency_report: bool,
+}
+
+/// Options of `onair probe`.
+#[derive(clap::Args, Debug)]
+struct ProbeArgs {
+    /// rtmp://host[:port]/app/key, http://host[:port]/path.flv, or an FLV file.
+    url: String,
+    /// Stop after this many seconds (default: until the stream ends or Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Stop after this many decoded frames.
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+    /// Seconds after the first frame left out of the latency statistics (a relay's GOP cache
+    /// first replays older frames).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    warmup: f64,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write one row per decoded frame to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Draw latency over time into this PNG file.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// No status lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    use onair::qa::probe::{run_probe, summary_text, ProbeOptions, ProbeSource};
+    let mut opts = ProbeOptions::new(ProbeSource::parse(&args.url)?);
+    if let Some(d) = args.duration {
+        anyhow::ensure!(
+            d > 0.0 && d.is_finite(),
+            "--duration {d} is invalid: give a positive number of seconds"
+        );
+        opts.duration = Some(Duration::from_secs_f64(d));
+    }
+    anyhow::ensure!(
+        args.warmup >= 0.0 && args.warmup.is_finite(),
+        "--warmup {} is invalid: give seconds, 0 or more",
+        args.warmup
+    );
+    opts.warmup = Duration::from_secs_f64(args.warmup);
+    opts.frames = args.frames;
+    opts.csv = args.csv;
+    opts.plot = args.plot;
+    if args.quiet {
+        opts.status_every = None;
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(stop_on_ctrl_c(tx));
+    let summary = run_probe(&opts, rx).await?;
+    eprint!("{}", summary_text(&summary));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(())
 }
 
 fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
@@ -117,8 +198,14 @@ fn apply_live_args(settings: &mut Settings, args: &LiveArgs) -> anyhow::Result<(
     if let Some(k) = args.keyint {
         settings.video.keyint_secs = k;
     }
+    if let Some(e) = &args.encoder {
+        settings.video.encoder = e.clone();
+    }
     if let Some(l) = &args.listen {
         settings.relay.listen = l.clone();
+    }
+    if let Some(m) = &args.mic {
+        settings.sources.microphone = Some(m.clone());
     }
     if let Some(u) = &args.backup_url {
         settings.destination.backup_url = Some(u.clone());
@@ -131,6 +218,9 @@ fn apply_live_args(settings: &mut Settings, args: &LiveArgs) -> anyhow::Result<(
     }
     if let Some(d) = args.max_reconnect_delay {
         settings.network.max_reconnect_delay_secs = d;
+    }
+    if args.stamp {
+        settings.qa.stamp = true;
     }
     settings.validate()
 }
@@ -145,6 +235,7 @@ async fn stop_on_ctrl_c(tx: tokio::sync::watch::Sender<bool>) {
 async fn live(settings: Settings, args: LiveArgs) -> anyhow::Result<()> {
     let mut settings = settings;
     apply_live_args(&mut settings, &args)?;
+    resolve_encoder(&mut settings)?;
     if let Some(d) = args.duration {
         anyhow::ensure!(
             d > 0.0 && d.is_finite(),
@@ -154,6 +245,7 @@ async fn live(settings: Settings, args: LiveArgs) -> anyhow::Result<()> {
     let mut opts = LiveOptions::new(settings);
     opts.duration = args.duration.map(Duration::from_secs_f64);
     opts.record = args.record.clone();
+    opts.latency_report = args.latency_report;
     if args.quiet {
         opts.status_every = None;
     }
@@ -170,6 +262,9 @@ async fn live(settings: Settings, args: LiveArgs) -> anyhow::Result<()> {
         report.bytes_sent,
         report.reconnects
     );
+    if let Some(stages) = &report.stages {
+        eprint!("{stages}");
+    }
     if let Some(path) = &args.record {
         match &report.record_error {
             Some(e) => eprintln!("warning: {e}"),
@@ -179,29 +274,29 @@ async fn live(settings: Settings, args: LiveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn relay(listen: String) -> anyhow::Result<()> {
-    let listen = listen.parse().with_context(|| {
-        format!("--listen '{listen}' is not an address: write IP:PORT, e.g. 127.0.0.1:1935")
-    })?;
-    let handle = start_relay(RelayConfig { listen }).await?;
-    eprintln!("relay listening on rtmp://{} (publish to rtmp://{}/live/KEY, play the same URL); Ctrl-C stops", handle.local_addr, handle.local_addr);
-    tokio::signal::ctrl_c().await.ok();
-    handle.shutdown();
-    eprintln!("relay stopped");
+async fn relay(settings: Settings, args: RelayArgs) -> anyhow::Result<()> {
+    onair::relay::cli::run(settings.relay, args).await
+}
+
+/// Tells the user when the `video.encoder` they chose is unavailable here, and switches the
+/// run to the fallback (x264) so the pipeline opens it without repeating the warning.
+fn resolve_encoder(settings: &mut Settings) -> anyhow::Result<()> {
+    use onair::encode::{probe, Backend};
+    if settings.video.encoder == Backend::X264.name() {
+        return Ok(());
+    }
+    let selection = probe::select_with(&settings.video.encoder, probe::probe())?;
+    if let Some(notice) = &selection.notice {
+        eprintln!("warning: {notice}");
+        settings.video.encoder = selection.backend.name().into();
+    }
     Ok(())
 }
 
-fn encoders() -> anyhow::Result<()> {
-    let settings = onair::encode::VideoEncoderSettings {
-        width: 320,
-        height: 240,
-        ..Default::default()
-    };
-    println!("H.264:");
-    match onair::encode::open_video(&settings) {
-        Ok(e) => println!("  {:<14} available (software, default)", e.name()),
-        Err(e) => println!("  x264           unavailable: {e:#}"),
-    }
+fn encoders(settings: &Settings) -> anyhow::Result<()> {
+    let report = onair::encode::probe::probe();
+    let selection = onair::encode::probe::select_with(&settings.video.encoder, report)?;
+    print!("{}", report.table(&selection));
     println!("AAC:");
     #[cfg(feature = "fdk-aac")]
     match onair::encode::aac_fdk::FdkAacEncoder::open(&Default::default()) {
@@ -213,6 +308,91 @@ fn encoders() -> anyhow::Result<()> {
     match onair::encode::aac_ffmpeg::FfmpegAacEncoder::open(&Default::default()) {
         Ok(_) => println!("  ffmpeg-aac     available"),
         Err(e) => println!("  ffmpeg-aac     unavailable: {e:#}"),
+    }
+    Ok(())
+}
+
+/// `onair devices`: what can be captured here, so the user can pick a name for --mic.
+fn devices() -> anyhow::Result<()> {
+    println!("Microphones:");
+    let mics = onair::capture::microphone::input_devices()?;
+    if mics.is_empty() {
+        println!("  none found (the test tone is used)");
+    }
+    for m in &mics {
+        let mark = if m.is_default { " (default)" } else { "" };
+        println!("  {}{mark}", m.name);
+        if let Some(c) = &m.default_config {
+            println!(
+                "      default format: {} ch, {} Hz, {}",
+                c.channels, c.max_sample_rate, c.sample_format
+            );
+        }
+    }
+    println!("Cameras:");
+    println!("  camera capture is not part of this build yet; the test card is used");
+    Ok(())
+}
+
+/// Options of `onair snapshot`.
+#[derive(clap::Args, Debug)]
+struct SnapshotArgs {
+    /// Filters: beauty, all, none, or a comma-separated list of denoise, skin-mask, smoothing,
+    /// whitening, color, sharpen, watermark [default: beauty, or the --filter-settings file].
+    #[arg(long)]
+    filters: Option<String>,
+    /// Filter parameters from a TOML file (a settings file's [video_filters] table, or its
+    /// fields at the top level).
+    #[arg(long, value_name = "FILE")]
+    filter_settings: Option<PathBuf>,
+    /// Also write the original and the result side by side to this PNG.
+    #[arg(long, value_name = "FILE")]
+    compare: Option<PathBuf>,
+    /// Use the CPU reference filters instead of the GPU.
+    #[arg(long)]
+    cpu: bool,
+    /// The PNG picture to filter.
+    input: PathBuf,
+    /// Where to write the filtered PNG.
+    output: PathBuf,
+}
+
+fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    use onair::video::{snapshot, BackendChoice, FilterSettings};
+    let base = match &args.filter_settings {
+        Some(path) => snapshot::load_filter_settings(path)?,
+        None => FilterSettings::default(),
+    };
+    let list = match (&args.filters, &args.filter_settings) {
+        (Some(list), _) => list.as_str(),
+        (None, Some(_)) => "",
+        (None, None) => "beauty",
+    };
+    let settings = snapshot::parse_filter_list(list, &base)?;
+    let choice = if args.cpu {
+        BackendChoice::Cpu
+    } else {
+        BackendChoice::Auto
+    };
+    let report = snapshot::snapshot(
+        &args.input,
+        &args.output,
+        args.compare.as_deref(),
+        &settings,
+        choice,
+    )?;
+    eprintln!("{}", report.status);
+    let stages: Vec<&str> = report.stages.iter().map(|s| s.name()).collect();
+    eprintln!(
+        "{}x{} through [{}] in {:.1} ms: wrote {}",
+        report.width,
+        report.height,
+        stages.join(", "),
+        report.filter_ms,
+        args.output.display()
+    );
+    if let Some(path) = &args.compare {
+        eprintln!("before | after: {}", path.display());
     }
     Ok(())
 }
@@ -230,8 +410,15 @@ fn main() {
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         match cli.command {
             Some(Command::Live(args)) => runtime.block_on(live(settings, args)),
-            Some(Command::Relay { listen }) => runtime.block_on(relay(listen)),
-            Some(Command::Encoders) => encoders(),
+            Some(Command::Relay(args)) => runtime.block_on(relay(settings, args)),
+            Some(Command::Encoders) => encoders(&settings),
+            Some(Command::Probe(args)) => runtime.block_on(probe(args)),
+            Some(Command::Devices) => devices(),
+            Some(Command::Snapshot(args)) => snapshot(args),
+            Some(Command::Gpu) => {
+                print!("{}", onair::video::gpu::report());
+                Ok(())
+            }
             None => {
                 eprintln!("The desktop window is not part of this build yet. Start streaming with `onair live` (see `onair --help`).");
                 std::process::exit(2);

@@ -2,6 +2,8 @@
 //! a bounded packet queue → outputs (RTMP publisher, FLV recorder) on tokio. The CLI, the
 //! future GUI and the tests all go through [`run_live`], so they run the same pipeline.
 
+use crate::audio::AudioChain;
+use crate::capture::microphone::{Microphone, MicrophoneOptions};
 use crate::capture::test_card::TestCard;
 use crate::capture::tone::Tone;
 use crate::capture::{AudioSource, VideoSource};
@@ -9,9 +11,12 @@ use crate::clock::MediaClock;
 use crate::config::Settings;
 use crate::encode::{self, AudioEncoder, VideoEncoder};
 use crate::flv::FlvWriter;
-use crate::media::{Packet, StreamHeaders};
-use crate::publish::output::{connect_first, run_output, EncoderControl, OutputConfig};
+use crate::media::{MediaKind, Packet, StreamHeaders};
+use crate::publish::output::{
+    connect_first, run_output, EncoderControl, OutputConfig, WrittenHook,
+};
 use crate::publish::url::RtmpUrl;
+use crate::qa::stamp::{self, Stage, StageRecorder, StageReport, WallAnchor};
 use crate::relay::{start_relay, RelayConfig, RelayHandle};
 use crate::stats::{status_line, Stats};
 use anyhow::Context;
@@ -40,17 +45,25 @@ pub struct LiveOptions {
     pub status_every: Option<Duration>,
     /// How long each connection step may take.
     pub connect_timeout: Duration,
+    /// Stamp every frame with its capture time and number ([`crate::qa::stamp`]); defaults
+    /// to `qa.stamp` of the settings.
+    pub stamp: bool,
+    /// Time each publishing stage of every video frame and return the percentiles in
+    /// [`LiveReport::stages`].
+    pub latency_report: bool,
 }
 
 impl LiveOptions {
     /// Options for `settings` with defaults: run until stopped, status every second.
     pub fn new(settings: Settings) -> Self {
         LiveOptions {
-            settings,
             duration: None,
             record: None,
             status_every: Some(Duration::from_secs(1)),
             connect_timeout: Duration::from_secs(10),
+            stamp: settings.qa.stamp,
+            latency_report: false,
+            settings,
         }
     }
 }
@@ -68,6 +81,8 @@ pub struct LiveReport {
     pub reconnects: u64,
     /// Set when recording failed (e.g. disk full); the stream itself went on.
     pub record_error: Option<String>,
+    /// Per-stage publishing latency, when [`LiveOptions::latency_report`] asked for it.
+    pub stages: Option<StageReport>,
 }
 
 /// Where the run publishes: a user URL, or the embedded relay started for it.
@@ -92,7 +107,7 @@ async fn resolve_destination(settings: &Settings) -> anyhow::Result<Destination>
             settings.relay.listen
         )
     })?;
-    let relay = start_relay(RelayConfig { listen }).await?;
+    let relay = start_relay(RelayConfig::new(listen)).await?;
     let url = RtmpUrl::parse(&format!(
         "rtmp://{}/live/{}",
         relay.local_addr, LOCAL_STREAM_KEY
@@ -180,7 +195,7 @@ pub async fn run_live(
         audio_enc.name(),
         s.audio.bitrate_kbps
     );
-    let out_cfg = output_config(s, dest.url.clone(), opts.connect_timeout)?;
+    let mut out_cfg = output_config(s, dest.url.clone(), opts.connect_timeout)?;
     let first = connect_first(&out_cfg, &headers).await?;
     let mut recorder = match &opts.record {
         Some(path) => Some(open_recorder(path, &headers)?),
@@ -189,6 +204,15 @@ pub async fn run_live(
     let mut record_error = None;
 
     let clock = MediaClock::start();
+    let anchor = WallAnchor::now();
+    let stages = opts
+        .latency_report
+        .then(|| Arc::new(StageRecorder::new(anchor)));
+    if let Some(st) = stages.clone() {
+        out_cfg.on_video_written = Some(WrittenHook(Arc::new(move |pts| {
+            st.mark(pts, Stage::Written)
+        })));
+    }
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         stats: stats.clone(),
@@ -197,15 +221,19 @@ pub async fn run_live(
     let control = Arc::new(EncoderControl::new(s.video.bitrate_kbps));
     let (tx, rx) = mpsc::channel::<Packet>(QUEUE_CAPACITY);
     let video_source = TestCard::new(clock, s.video.width, s.video.height, s.video.fps)?;
-    let audio_source = Tone::new(clock, s.sources.tone_hz);
+    let (audio_source, chain) = open_audio_source(s, clock)?;
     let video_thread = spawn_video(
         Box::new(video_source),
         video_enc,
         tx.clone(),
         shared.clone(),
         control.clone(),
+        VideoExtras {
+            stamp: opts.stamp.then_some(anchor),
+            stages: stages.clone(),
+        },
     );
-    let audio_thread = spawn_audio(Box::new(audio_source), audio_enc, tx, shared.clone());
+    let audio_thread = spawn_audio(audio_source, chain, audio_enc, tx, shared.clone());
 
     let started = Instant::now();
     let output = run_output(
@@ -217,6 +245,9 @@ pub async fn run_live(
         &stats,
         Duration::from_secs(2),
         |p| {
+            if let (Some(st), MediaKind::Video) = (&stages, p.kind) {
+                st.mark(p.pts_ms, Stage::Queued);
+            }
             if let Some(w) = recorder.as_mut() {
                 if let Err(e) = w.write_packet(p) {
                     let msg = format!(
@@ -304,6 +335,7 @@ pub async fn run_live(
         bytes_sent: summary.bytes_sent,
         reconnects: summary.reconnects,
         record_error,
+        stages: stages.map(|s| s.report()),
     })
 }
 
@@ -334,12 +366,20 @@ fn offer(tx: &mpsc::Sender<Packet>, p: Packet) -> Offer {
     }
 }
 
+/// What the video thread does besides capture and encode: the latency stamp and stage timing.
+struct VideoExtras {
+    /// Stamp frames, with capture times from this anchor.
+    stamp: Option<WallAnchor>,
+    stages: Option<Arc<StageRecorder>>,
+}
+
 fn spawn_video(
     mut source: Box<dyn VideoSource>,
     mut encoder: Box<dyn VideoEncoder>,
     tx: mpsc::Sender<Packet>,
     shared: Arc<Shared>,
     control: Arc<EncoderControl>,
+    extras: VideoExtras,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("onair-video".into())
@@ -366,10 +406,24 @@ fn spawn_video(
                 true
             };
             while !shared.stop.load(Ordering::SeqCst) {
-                let frame = match source.next_frame() {
+                let mut frame = match source.next_frame() {
                     Ok(f) => f,
                     Err(e) => return shared.fail(e.context("video source failed")),
                 };
+                if let Some(st) = &extras.stages {
+                    st.mark(frame.pts_ms, Stage::Captured);
+                }
+                if let Some(anchor) = &extras.stamp {
+                    let s = stamp::Stamp {
+                        capture_unix_ms: anchor.unix_ms_at(frame.pts_ms),
+                        frame: frame.index as u32,
+                    };
+                    stamp::draw(&mut frame, &s);
+                    encoder.attach_sei(stamp::sei_payload(&s).to_vec());
+                }
+                if let Some(st) = &extras.stages {
+                    st.mark(frame.pts_ms, Stage::Ready);
+                }
                 Stats::add(&stats.frames_in, 1);
                 apply_control(&control, encoder.as_mut(), &mut bitrate);
                 let skipped = source.skipped();
@@ -384,6 +438,11 @@ fn spawn_video(
                 };
                 Stats::add(&stats.encode_us, t.elapsed().as_micros() as u64);
                 Stats::add(&stats.frames_encoded, packets.len() as u64);
+                if let Some(st) = &extras.stages {
+                    for p in &packets {
+                        st.mark(p.pts_ms, Stage::Encoded);
+                    }
+                }
                 for p in packets {
                     if !deliver(p, &mut encoder) {
                         return;
@@ -418,8 +477,32 @@ fn apply_control(control: &EncoderControl, encoder: &mut dyn VideoEncoder, bitra
     }
 }
 
+/// The audio source the settings ask for: a microphone through the audio chain, or the test
+/// tone as it is (a voice chain would only distort a test signal).
+fn open_audio_source(
+    s: &Settings,
+    clock: MediaClock,
+) -> anyhow::Result<(Box<dyn AudioSource>, Option<AudioChain>)> {
+    match s.sources.microphone.as_deref().filter(|m| !m.is_empty()) {
+        Some(device) => {
+            let mic = Microphone::open(MicrophoneOptions {
+                device: device.to_string(),
+                ..Default::default()
+            })
+            .with_context(|| {
+                format!("cannot open the microphone '{device}': check `onair devices` for its name, or whether another program holds it")
+            })?;
+            eprintln!("microphone: {}", mic.describe());
+            let chain = AudioChain::from_settings(&s.audio_chain, s.audio.sample_rate)?;
+            Ok((Box::new(mic), Some(chain)))
+        }
+        None => Ok((Box::new(Tone::new(clock, s.sources.tone_hz)), None)),
+    }
+}
+
 fn spawn_audio(
     mut source: Box<dyn AudioSource>,
+    mut chain: Option<AudioChain>,
     mut encoder: Box<dyn AudioEncoder>,
     tx: mpsc::Sender<Packet>,
     shared: Arc<Shared>,
@@ -429,10 +512,15 @@ fn spawn_audio(
         .spawn(move || {
             let stats = shared.stats.clone();
             while !shared.stop.load(Ordering::SeqCst) {
-                let block = match source.next_block() {
+                let mut block = match source.next_block() {
                     Ok(b) => b,
                     Err(e) => return shared.fail(e.context("audio source failed")),
                 };
+                if let Some(chain) = chain.as_mut() {
+                    if let Err(e) = chain.process_block(&mut block) {
+                        return shared.fail(e.context("audio chain failed"));
+                    }
+                }
                 let packets = match encoder.encode(&block) {
                     Ok(p) => p,
                     Err(e) => return shared.fail(e.context("audio encoder failed")),

@@ -18,11 +18,9 @@ const KEY: &str = "live/test";
 
 async fn relay() -> RelayHandle {
     init_tracing();
-    start_relay(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })
-    .await
-    .expect("start relay")
+    start_relay(RelayConfig::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("start relay")
 }
 
 fn player_url(addr: SocketAddr, key: &str) -> RtmpUrl {
@@ -439,11 +437,9 @@ async fn play_of_unknown_key_and_busy_port_give_clear_errors() {
     assert!(msg.contains("StreamNotFound"), "{msg}");
     assert!(!msg.contains("nobody"), "stream key leaked: {msg}");
 
-    let err = start_relay(RelayConfig {
-        listen: relay.local_addr,
-    })
-    .await
-    .expect_err("second bind must fail");
+    let err = start_relay(RelayConfig::new(relay.local_addr))
+        .await
+        .expect_err("second bind must fail");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("already in use") && msg.contains("--listen"),

@@ -24,7 +24,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn relay(rt: &tokio::runtime::Runtime) -> RelayHandle {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    rt.block_on(start_relay(RelayConfig { listen })).unwrap()
+    rt.block_on(start_relay(RelayConfig {
+        listen,
+        ..Default::default()
+    }))
+    .unwrap()
 }
 
 /// Starts `onair live` publishing to `url` with extra args; waits until it is live.

@@ -1,6 +1,7 @@
 //! Sources: where frames and samples come from. The built-in test card and tone are the
 //! defaults whenever no device is configured, and drive every automated test.
 
+pub mod microphone;
 pub mod test_card;
 pub mod tone;
 

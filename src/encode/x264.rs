@@ -22,6 +22,8 @@ pub struct X264Encoder {
     in_flight: VecDeque<(i64, i64)>,
     /// ms per frame, for dts before the first frame (B-frame delay).
     frame_ms: f64,
+    /// SEI payload for the next input frame ([`VideoEncoder::attach_sei`]).
+    next_sei: Option<Vec<u8>>,
 }
 
 // The x264 handle is only used from the thread that owns the encoder.
@@ -172,6 +174,7 @@ impl X264Encoder {
             force_idr: false,
             in_flight: VecDeque::new(),
             frame_ms: 1000.0 / settings.fps as f64,
+            next_sei: None,
         };
         enc.header.avc_config = enc.read_headers().context("x264 produced no SPS/PPS")?;
         Ok(enc)
@@ -292,6 +295,9 @@ impl X264Encoder {
                     pic_in.i_type = sys::X264_TYPE_IDR as i32;
                     self.force_idr = false;
                 }
+                if let Some(payload) = self.next_sei.take() {
+                    pic_in.extra_sei = extra_sei(&payload)?;
+                }
                 self.in_flight.push_back((self.next_index, frame.pts_ms));
                 self.next_index += 1;
                 unsafe {
@@ -322,6 +328,39 @@ impl X264Encoder {
         }
         let pic_out = unsafe { pic_out.assume_init() };
         Ok(self.collect(nals, count, &pic_out))
+    }
+}
+
+/// Frees what [`extra_sei`] allocated; x264 calls it for each payload and then for the
+/// payload array once the SEI is written.
+unsafe extern "C" fn free_sei(p: *mut std::ffi::c_void) {
+    libc::free(p);
+}
+
+/// One `user_data_unregistered` SEI message for x264 to write with a picture. x264 keeps the
+/// buffers until the picture is encoded (possibly several calls later) and frees them with
+/// `sei_free`, so they are allocated with malloc rather than owned by Rust.
+fn extra_sei(payload: &[u8]) -> anyhow::Result<sys::x264_sei_t> {
+    unsafe {
+        let data = libc::malloc(payload.len().max(1)) as *mut u8;
+        let list = libc::malloc(std::mem::size_of::<sys::x264_sei_payload_t>())
+            as *mut sys::x264_sei_payload_t;
+        if data.is_null() || list.is_null() {
+            libc::free(data as *mut libc::c_void);
+            libc::free(list as *mut libc::c_void);
+            bail!("out of memory for an SEI message");
+        }
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), data, payload.len());
+        list.write(sys::x264_sei_payload_t {
+            payload_size: payload.len() as i32,
+            payload_type: 5, // user_data_unregistered
+            payload: data,
+        });
+        Ok(sys::x264_sei_t {
+            num_payloads: 1,
+            payloads: list,
+            sei_free: Some(free_sei),
+        })
     }
 }
 
@@ -366,6 +405,10 @@ impl VideoEncoder for X264Encoder {
 
     fn force_keyframe(&mut self) {
         self.force_idr = true;
+    }
+
+    fn attach_sei(&mut self, payload: Vec<u8>) {
+        self.next_sei = Some(payload);
     }
 
     fn name(&self) -> &'static str {

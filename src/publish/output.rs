@@ -70,6 +70,19 @@ pub struct OutputConfig {
     pub audio_kbps: u32,
     /// Socket send buffer in bytes (None: the OS default).
     pub send_buffer: Option<u32>,
+    /// Told the pts of each video packet once its last byte is in the socket (latency report).
+    pub on_video_written: Option<WrittenHook>,
+}
+
+/// A callback taking the pts of a video packet that was fully written to the socket, so the
+/// latency report can time the publisher up to the network.
+#[derive(Clone)]
+pub struct WrittenHook(pub std::sync::Arc<dyn Fn(i64) + Send + Sync>);
+
+impl std::fmt::Debug for WrittenHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WrittenHook")
+    }
 }
 
 impl OutputConfig {
@@ -90,6 +103,7 @@ impl OutputConfig {
             queue_budget_ms,
             audio_kbps,
             send_buffer: Some(send_buffer_for(video_kbps + audio_kbps)),
+            on_video_written: None,
         }
     }
 }
@@ -148,6 +162,8 @@ struct Output<'a> {
     /// Bytes of the message being written, and how far we got.
     outbuf: Vec<u8>,
     outpos: usize,
+    /// pts of the video packet that ends `outbuf`, for [`OutputConfig::on_video_written`].
+    outbuf_video_pts: Option<i64>,
     /// Answers to the server, written after the current message.
     control_bytes: Vec<u8>,
     connected_at: Instant,
@@ -267,6 +283,7 @@ impl Output<'_> {
         }
         self.outbuf.clear();
         self.outpos = 0;
+        self.outbuf_video_pts = None;
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
@@ -275,6 +292,7 @@ impl Output<'_> {
             let bytes = conn.serialize_packet(&p)?;
             self.outbuf.extend_from_slice(&bytes);
             count_sent(self.stats, &p);
+            self.outbuf_video_pts = (p.kind == MediaKind::Video).then_some(p.pts_ms);
         }
         Ok(())
     }
@@ -422,6 +440,7 @@ pub async fn run_output(
         conn: Some(first),
         outbuf: Vec::with_capacity(64 * 1024),
         outpos: 0,
+        outbuf_video_pts: None,
         control_bytes: Vec::new(),
         connected_at: Instant::now(),
         on_backup: false,
@@ -485,6 +504,13 @@ pub async fn run_output(
             Event::Packet(None) => input_open = false,
             Event::Wrote(Ok(n)) => {
                 out.outpos += n;
+                if out.outpos >= out.outbuf.len() {
+                    if let (Some(pts), Some(hook)) =
+                        (out.outbuf_video_pts.take(), &cfg.on_video_written)
+                    {
+                        (hook.0)(pts);
+                    }
+                }
                 if let Some(c) = out.conn.as_mut() {
                     c.bytes_sent += n as u64;
                 }

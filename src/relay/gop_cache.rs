@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use rml_rtmp::time::RtmpTimestamp;
 
+use super::wire::SharedFrame;
 use crate::media::MediaKind;
 
 /// Most messages kept in one GOP; beyond this the publisher's keyframe interval is unusable.
@@ -59,7 +60,7 @@ pub fn is_audio_sequence_header(data: &[u8]) -> bool {
 /// Media since the most recent keyframe, replaced at each keyframe and bounded in size.
 #[derive(Debug)]
 pub struct GopCache {
-    messages: Vec<MediaMessage>,
+    messages: Vec<SharedFrame>,
     bytes: usize,
     max_messages: usize,
     max_bytes: usize,
@@ -97,7 +98,7 @@ impl GopCache {
     }
 
     /// Adds a media message (never a sequence header): a keyframe starts a new group.
-    pub fn push(&mut self, message: &MediaMessage) -> GopPush {
+    pub fn push(&mut self, message: &SharedFrame) -> GopPush {
         if message.is_keyframe() {
             self.clear();
             self.waiting_for_keyframe = false;
@@ -105,7 +106,7 @@ impl GopCache {
             return GopPush::Skipped;
         }
         self.messages.push(message.clone());
-        self.bytes += message.data.len();
+        self.bytes += message.len();
         if self.messages.len() > self.max_messages || self.bytes > self.max_bytes {
             self.clear();
             self.waiting_for_keyframe = true;
@@ -115,7 +116,7 @@ impl GopCache {
     }
 
     /// The cached group, starting with its keyframe (empty if there is none).
-    pub fn messages(&self) -> &[MediaMessage] {
+    pub fn messages(&self) -> &[SharedFrame] {
         &self.messages
     }
 
@@ -144,23 +145,21 @@ impl GopCache {
 mod tests {
     use super::*;
 
-    fn video(ts: u32, key: bool, len: usize) -> MediaMessage {
+    use crate::relay::wire::Frame;
+
+    fn video(ts: u32, key: bool, len: usize) -> SharedFrame {
         let mut data = vec![0u8; len.max(2)];
         data[0] = if key { 0x17 } else { 0x27 };
         data[1] = 0x01;
-        MediaMessage {
-            kind: MediaKind::Video,
-            timestamp: RtmpTimestamp::new(ts),
-            data: Bytes::from(data),
-        }
+        Frame::media(MediaKind::Video, ts, Bytes::from(data))
     }
 
-    fn audio(ts: u32) -> MediaMessage {
-        MediaMessage {
-            kind: MediaKind::Audio,
-            timestamp: RtmpTimestamp::new(ts),
-            data: Bytes::from_static(&[0xaf, 0x01, 0x21]),
-        }
+    fn audio(ts: u32) -> SharedFrame {
+        Frame::media(
+            MediaKind::Audio,
+            ts,
+            Bytes::from_static(&[0xaf, 0x01, 0x21]),
+        )
     }
 
     #[test]
@@ -190,7 +189,7 @@ mod tests {
         assert!(gop.messages()[0].is_keyframe());
         gop.push(&video(1000, true, 10));
         assert_eq!(gop.len(), 1);
-        assert_eq!(gop.messages()[0].timestamp.value, 1000);
+        assert_eq!(gop.messages()[0].timestamp, 1000);
         assert_eq!(gop.bytes(), 10);
     }
 

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use bytes::{Buf, BytesMut};
+use bytes::Bytes;
 use rml_rtmp::chunk_io::ChunkSerializer;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::messages::RtmpMessage;
@@ -23,23 +24,17 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
+use super::chunk_guard::{ChunkGuard, MAX_COMMAND_SIZE};
 use super::gop_cache::MediaMessage;
-use super::stream::{Kick, PlayerItem};
-use super::{masked_stream_id, stream_id, Relay};
+use super::outbox::Outbox;
+use super::stream::{Kick, PlayerItem, ViewerKind};
+use super::wire::CHUNK_SIZE;
+use super::{masked_stream_id, split_stream_name, stream_id, PublishAuth, Relay};
 use crate::media::MediaKind;
 
-/// RTMP chunk size the relay sends with: large enough that most audio and small video
-/// messages fit in one chunk.
-pub const CHUNK_SIZE: u32 = 4096;
-/// A peer must finish the handshake within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A peer must start publishing or playing within this time of connecting.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// A publisher that sends nothing for this long is considered gone.
-const PUBLISHER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A player's unsent bytes above which no more media is taken from its queue, so a slow
 /// socket shows up as a full queue (and a disconnect) instead of growing memory.
-const OUTBOUND_HIGH_WATER: usize = 256 * 1024;
+pub(super) const OUTBOUND_HIGH_WATER: usize = 256 * 1024;
 /// Time allowed to deliver final status messages (rejection, end of stream) before closing.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_BUFFER: usize = 64 * 1024;
@@ -53,14 +48,15 @@ pub(super) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     tracing::debug!(%peer, "connection accepted");
-    let remaining = match timeout(HANDSHAKE_TIMEOUT, handshake(&mut socket)).await {
+    let limit = relay.config.handshake_timeout;
+    let remaining = match timeout(limit, handshake(&mut socket)).await {
         Ok(Ok(remaining)) => remaining,
         Ok(Err(e)) => {
             tracing::warn!(%peer, "closing connection: {e:#}");
             return;
         }
         Err(_) => {
-            tracing::warn!(%peer, "closing connection: no RTMP handshake within {HANDSHAKE_TIMEOUT:?}");
+            tracing::warn!(%peer, "closing connection: no RTMP handshake within {limit:?}");
             return;
         }
     };
@@ -76,7 +72,7 @@ pub(super) async fn serve(
     match result {
         Ok(Ending::Flush) => {
             let flushed = timeout(FINAL_FLUSH_TIMEOUT, async {
-                socket.write_all(&conn.outbound).await?;
+                conn.outbox.write_all(&mut socket).await?;
                 socket.shutdown().await
             })
             .await;
@@ -91,7 +87,7 @@ pub(super) async fn serve(
 }
 
 /// True when the peer simply went away (reset, broken pipe), which is not worth a warning.
-fn is_disconnect(e: &anyhow::Error) -> bool {
+pub(super) fn is_disconnect(e: &anyhow::Error) -> bool {
     use std::io::ErrorKind::*;
     e.chain()
         .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
@@ -128,6 +124,48 @@ async fn handshake(socket: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Runs the server handshake over `input` alone (no socket), for fuzzing; true if it completed.
+pub(super) fn handshake_bytes(input: &[u8]) -> bool {
+    let mut handshake = Handshake::new(PeerType::Server);
+    for piece in input.chunks(1537) {
+        match guard_panics(|| handshake.process_bytes(piece)) {
+            Ok(Ok(HandshakeProcessResult::Completed { .. })) => return true,
+            Ok(Ok(HandshakeProcessResult::InProgress { .. })) => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Feeds post-handshake input to a connection as the network loop would, without a socket;
+/// returns whether the connection ended and how many bytes it queued for the peer.
+pub(super) fn feed_pieces(
+    relay: Arc<Relay>,
+    peer: SocketAddr,
+    pieces: &[&[u8]],
+) -> anyhow::Result<(bool, usize)> {
+    let mut conn = Connection::new(relay, peer, 1)?;
+    let mut closed = false;
+    let mut result = Ok(());
+    for piece in pieces {
+        conn.count_bytes_in(piece.len());
+        match conn.handle_input(piece) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Close) => {
+                closed = true;
+                break;
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let queued = conn.outbox.len();
+    conn.leave();
+    result.map(|()| (closed, queued))
+}
+
 /// Runs a parser over untrusted input, turning a panic inside it into an error so a hostile
 /// peer can only ever close its own connection.
 fn guard_panics<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
@@ -161,11 +199,15 @@ struct Connection {
     peer: SocketAddr,
     id: u64,
     session: ServerSession,
+    /// Checks input before the session parser sees it.
+    guard: ChunkGuard,
     /// Bytes waiting to be written to the peer, in order.
-    outbound: BytesMut,
+    outbox: Outbox,
     role: Role,
     items: Option<mpsc::Receiver<PlayerItem>>,
     kick: Option<oneshot::Receiver<Kick>>,
+    /// The stream's counter of bytes sent to viewers (players only).
+    bytes_out: Option<Arc<AtomicU64>>,
 }
 
 /// What handling some input asks the connection loop to do.
@@ -186,10 +228,12 @@ impl Connection {
             peer,
             id,
             session,
-            outbound: BytesMut::with_capacity(8 * 1024),
+            guard: ChunkGuard::new(),
+            outbox: Outbox::default(),
             role: Role::Pending,
             items: None,
             kick: None,
+            bytes_out: None,
         };
         conn.handle_results(initial)?;
         Ok(conn)
@@ -205,14 +249,33 @@ impl Connection {
             return Ok(Ending::Flush);
         }
         let (mut reader, mut writer) = socket.split();
-        let mut buf = vec![0u8; READ_BUFFER];
-        let setup_deadline = Instant::now() + SETUP_TIMEOUT;
+        // Players and peers still setting up send little (commands, acknowledgements): a small
+        // buffer until publishing, since hundreds of players may be connected.
+        let mut buf = vec![0u8; 1024];
+        let idle = self.relay.config.idle_timeout;
+        let setup_deadline = Instant::now() + idle;
         let mut last_read = Instant::now();
+        let merge = self.relay.config.merge_window;
+        let mut merge_tick = (!merge.is_zero()).then(|| {
+            let mut tick = tokio::time::interval(merge);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
         loop {
-            let want_media = self.items.is_some() && self.outbound.len() < OUTBOUND_HIGH_WATER;
+            if !self.outbox.is_empty() {
+                let n = self
+                    .outbox
+                    .write_now(|slices| writer.try_write_vectored(slices))
+                    .context("write failed")?;
+                self.count_bytes_out(n);
+            }
+            if matches!(self.role, Role::Publisher { .. }) && buf.len() < READ_BUFFER {
+                buf.resize(READ_BUFFER, 0);
+            }
+            let want_media = self.items.is_some() && self.outbox.len() < OUTBOUND_HIGH_WATER;
             let deadline = match self.role {
                 Role::Pending => Some(setup_deadline),
-                Role::Publisher { .. } => Some(last_read + PUBLISHER_IDLE_TIMEOUT),
+                Role::Publisher { .. } => Some(last_read + idle),
                 Role::Player { .. } => None,
             };
             tokio::select! {
@@ -227,16 +290,27 @@ impl Connection {
                     if self.handle_input(&buf[..n])? == Flow::Close {
                         return Ok(Ending::Flush);
                     }
+                    self.flush_due();
                 }
-                written = writer.write(&self.outbound), if !self.outbound.is_empty() => {
+                written = self.outbox.write_some(&mut writer), if !self.outbox.is_empty() => {
                     let n = written.context("write failed")?;
                     if n == 0 {
                         bail!("peer stopped accepting data");
                     }
-                    self.outbound.advance(n);
+                    self.outbox.advance(n);
+                    self.count_bytes_out(n);
                 }
                 item = next_item(&mut self.items), if want_media => match item {
-                    Some(item) => self.send_item(item)?,
+                    Some(item) => {
+                        self.send_item(item)?;
+                        // Take whatever else is already queued, so one write carries it all.
+                        while self.outbox.len() < OUTBOUND_HIGH_WATER {
+                            match self.items.as_mut().map(|rx| rx.try_recv()) {
+                                Some(Ok(item)) => self.send_item(item)?,
+                                _ => break,
+                            }
+                        }
+                    }
                     None => {
                         self.items = None;
                         self.end_of_stream()?;
@@ -248,38 +322,70 @@ impl Connection {
                     Some(Kick::TooSlow) => return Ok(Ending::Drop),
                     None => self.kick = None,
                 },
+                _ = tick_opt(&mut merge_tick), if matches!(self.role, Role::Publisher { .. }) => {
+                    // The publisher went quiet: hand out what waits in the merge window.
+                    self.flush_due();
+                }
                 _ = sleep_until_opt(deadline) => match self.role {
                     Role::Pending => {
-                        bail!("neither publish nor play requested within {SETUP_TIMEOUT:?}")
+                        bail!("neither publish nor play requested within {idle:?}")
                     }
-                    _ => bail!("publisher sent nothing for {PUBLISHER_IDLE_TIMEOUT:?}"),
+                    _ => bail!("publisher sent nothing for {idle:?}"),
                 },
             }
+        }
+    }
+
+    /// For publishers: hands the stream's merged batch to players if it is due.
+    fn flush_due(&self) {
+        if let Role::Publisher { key, .. } = &self.role {
+            self.relay
+                .with_published(key, self.id, |s| s.flush_if_due());
+        }
+    }
+
+    fn count_bytes_out(&self, n: usize) {
+        if let Some(counter) = &self.bytes_out {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
     fn count_bytes_in(&self, n: usize) {
         if let Role::Publisher { key, .. } = &self.role {
             self.relay
-                .with_published(key, self.id, |s| s.bytes_in += n as u64);
+                .with_published(key, self.id, |s| s.count_bytes_in(n));
         }
     }
 
-    fn handle_input(&mut self, bytes: &[u8]) -> anyhow::Result<Flow> {
-        if bytes.is_empty() {
-            return Ok(Flow::Continue);
+    /// Checks and parses input one message at a time, so limits follow the connection's role
+    /// (a publisher may send large media messages, nobody else may).
+    fn handle_input(&mut self, mut bytes: &[u8]) -> anyhow::Result<Flow> {
+        while !bytes.is_empty() {
+            let max_media = match self.role {
+                Role::Publisher { .. } => self.relay.config.max_message_size,
+                _ => MAX_COMMAND_SIZE,
+            };
+            let n = self
+                .guard
+                .feed(bytes, max_media)
+                .map_err(|e| anyhow!("refused RTMP input: {e}"))?;
+            let session = &mut self.session;
+            let piece = &bytes[..n];
+            let results = guard_panics(|| session.handle_input(piece))?
+                .map_err(|e| anyhow!("malformed RTMP data: {e}"))?;
+            if self.handle_results(results)? == Flow::Close {
+                return Ok(Flow::Close);
+            }
+            bytes = &bytes[n..];
         }
-        let session = &mut self.session;
-        let results = guard_panics(|| session.handle_input(bytes))?
-            .map_err(|e| anyhow!("malformed RTMP data: {e}"))?;
-        self.handle_results(results)
+        Ok(Flow::Continue)
     }
 
     fn handle_results(&mut self, results: Vec<ServerSessionResult>) -> anyhow::Result<Flow> {
         for result in results {
             match result {
                 ServerSessionResult::OutboundResponse(packet) => {
-                    self.outbound.extend_from_slice(&packet.bytes)
+                    self.outbox.push(Bytes::from(packet.bytes))
                 }
                 ServerSessionResult::RaisedEvent(event) => {
                     if self.handle_event(event)? == Flow::Close {
@@ -369,21 +475,33 @@ impl Connection {
         &mut self,
         request_id: u32,
         app: &str,
-        stream_key: &str,
+        requested: &str,
     ) -> anyhow::Result<Flow> {
         const BAD_NAME: &str = "NetStream.Publish.BadName";
         if !matches!(self.role, Role::Pending) {
             return self.reject(request_id, BAD_NAME, "this connection is already in use");
         }
-        if stream_key.is_empty() {
+        let (name, key) = split_stream_name(requested);
+        if name.is_empty() {
             tracing::warn!(peer = %self.peer, app, "publish refused: empty stream key");
             return self.reject(request_id, BAD_NAME, "empty stream key");
         }
-        let key = stream_id(app, stream_key);
-        let display_key = masked_stream_id(app, stream_key);
+        let display_key = masked_stream_id(app, name);
+        let listed = match self.relay.authorize_publish(name, key) {
+            PublishAuth::Allowed { listed } => listed,
+            PublishAuth::Denied => {
+                tracing::warn!(
+                    peer = %self.peer,
+                    stream = %display_key,
+                    "publish refused: stream key not allowed"
+                );
+                return self.reject(request_id, BAD_NAME, "stream key not allowed");
+            }
+        };
+        let key = stream_id(app, name);
         if !self
             .relay
-            .start_publish(&key, display_key.clone(), self.id, self.peer)
+            .start_publish(&key, display_key.clone(), self.id, self.peer, listed)
         {
             tracing::warn!(
                 peer = %self.peer,
@@ -402,7 +520,7 @@ impl Connection {
         &mut self,
         request_id: u32,
         app: &str,
-        stream_key: &str,
+        requested: &str,
         stream_id_on_connection: u32,
     ) -> anyhow::Result<Flow> {
         if !matches!(self.role, Role::Pending) {
@@ -412,11 +530,25 @@ impl Connection {
                 "this connection is already in use",
             );
         }
-        let key = stream_id(app, stream_key);
-        let Some((feed, display_key)) = self.relay.join(&key, self.id, self.peer) else {
+        let (name, play_key) = split_stream_name(requested);
+        if !self.relay.authorize_play(play_key) {
+            tracing::warn!(
+                peer = %self.peer,
+                stream = %masked_stream_id(app, name),
+                "play refused: missing or wrong play key"
+            );
+            return self.reject(
+                request_id,
+                "NetStream.Play.Forbidden",
+                "play key missing or not allowed (add ?key=PLAY_KEY to the stream name)",
+            );
+        }
+        let key = stream_id(app, name);
+        let Some((feed, display_key)) = self.relay.join(&key, self.id, self.peer, ViewerKind::Rtmp)
+        else {
             tracing::info!(
                 peer = %self.peer,
-                stream = %masked_stream_id(app, stream_key),
+                stream = %masked_stream_id(app, name),
                 "play refused: nothing is published on this key"
             );
             return self.reject(
@@ -433,45 +565,29 @@ impl Connection {
         };
         self.items = Some(feed.items);
         self.kick = Some(feed.kick);
+        self.bytes_out = Some(feed.bytes_out);
         self.accept(request_id)?;
         Ok(Flow::Continue)
     }
 
-    /// Serializes one item for this player.
+    /// Queues one item for this player, using the shared encoding when it fits.
     fn send_item(&mut self, item: PlayerItem) -> anyhow::Result<()> {
         let Role::Player { stream_id, .. } = self.role else {
             return Ok(());
         };
-        let packet = match item {
-            PlayerItem::Backlog(items) => {
-                for item in items {
-                    self.send_item(item)?;
-                }
-                return Ok(());
-            }
-            PlayerItem::Metadata(metadata) => self.session.send_metadata(stream_id, &metadata),
-            PlayerItem::Media(message) => {
-                // Marking frames droppable makes the following message use a full chunk
-                // header, so every media message carries its absolute timestamp.
-                let droppable = !message.is_sequence_header();
-                match message.kind {
-                    MediaKind::Video => self.session.send_video_data(
-                        stream_id,
-                        message.data,
-                        message.timestamp,
-                        droppable,
-                    ),
-                    MediaKind::Audio => self.session.send_audio_data(
-                        stream_id,
-                        message.data,
-                        message.timestamp,
-                        droppable,
-                    ),
+        match item {
+            PlayerItem::Backlog(frames) => {
+                for frame in frames {
+                    frame.push_rtmp(&mut self.outbox, stream_id);
                 }
             }
+            PlayerItem::Batch(frames) => {
+                for frame in frames.iter() {
+                    frame.push_rtmp(&mut self.outbox, stream_id);
+                }
+            }
+            PlayerItem::Frame(frame) => frame.push_rtmp(&mut self.outbox, stream_id),
         }
-        .map_err(|e| anyhow!("cannot serialize media for player: {e}"))?;
-        self.outbound.extend_from_slice(&packet.bytes);
         Ok(())
     }
 
@@ -484,10 +600,10 @@ impl Connection {
             .session
             .finish_playing(stream_id)
             .map_err(|e| anyhow!("cannot end playback: {e}"))?;
-        self.outbound.extend_from_slice(&packet.bytes);
+        self.outbox.push(Bytes::from(packet.bytes));
         // Many players (ffmpeg, VLC) stop on UnpublishNotify rather than Play.Complete.
         if let Some(bytes) = unpublish_notify(stream_id) {
-            self.outbound.extend_from_slice(&bytes);
+            self.outbox.push(Bytes::from(bytes));
         }
         Ok(())
     }
@@ -557,6 +673,15 @@ async fn next_item(items: &mut Option<mpsc::Receiver<PlayerItem>>) -> Option<Pla
 async fn kicked(kick: &mut Option<oneshot::Receiver<Kick>>) -> Option<Kick> {
     match kick {
         Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick_opt(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
         None => std::future::pending().await,
     }
 }

@@ -361,3 +361,271 @@ pub async fn client_handshake(socket: &mut TcpStream) -> anyhow::Result<Vec<u8>>
         }
     }
 }
+
+/// A parsed HTTP response head.
+#[derive(Debug, Clone)]
+pub struct HttpHead {
+    /// Status code.
+    pub status: u16,
+    /// Header names (lower-cased) and values, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpHead {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `GET path` over a new connection and returns the head and the socket, with any body
+/// bytes already read.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(HttpHead, TcpStream, Vec<u8>)> {
+    let mut socket = TcpStream::connect(addr).await.context("connect")?;
+    socket
+        .write_all(
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: onair-test\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = socket.read(&mut tmp).await?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = buf[end + 4..].to_vec();
+    Ok((HttpHead { status, headers }, socket, rest))
+}
+
+/// `GET path` and the whole body (the relay closes non-streaming responses).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(HttpHead, Vec<u8>)> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (head, mut socket, mut body) = http_request(addr, "GET", path).await?;
+        socket.read_to_end(&mut body).await?;
+        Ok((head, body))
+    })
+    .await
+    .map_err(|_| anyhow!("GET {path} timed out"))?
+}
+
+/// `GET path` parsed as JSON.
+pub async fn http_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (head, body) = http_get(addr, path).await.expect("HTTP GET");
+    assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("JSON body")
+}
+
+/// One FLV tag read from an HTTP-FLV stream.
+#[derive(Debug, Clone)]
+pub struct FlvTagRead {
+    /// 8 audio, 9 video, 18 script.
+    pub tag_type: u8,
+    /// Timestamp in milliseconds.
+    pub timestamp: u32,
+    /// Tag body.
+    pub body: Bytes,
+}
+
+impl FlvTagRead {
+    /// Video keyframe with picture data.
+    pub fn is_keyframe(&self) -> bool {
+        self.tag_type == 9 && self.body.len() >= 2 && self.body[0] >> 4 == 1 && self.body[1] == 1
+    }
+
+    /// AVC or AAC sequence header.
+    pub fn is_sequence_header(&self) -> bool {
+        self.body.len() >= 2
+            && self.body[1] == 0
+            && ((self.tag_type == 9 && self.body[0] == 0x17)
+                || (self.tag_type == 8 && self.body[0] >> 4 == 10))
+    }
+}
+
+/// An HTTP-FLV download, de-chunked and split into tags as it arrives.
+pub struct FlvDownload {
+    /// The response head.
+    pub head: HttpHead,
+    socket: TcpStream,
+    raw: Vec<u8>,
+    flv: Vec<u8>,
+    chunked: bool,
+    body_done: bool,
+    file_header_seen: bool,
+    /// Body bytes received (after de-chunking).
+    pub bytes: u64,
+}
+
+impl FlvDownload {
+    /// Requests `path` (e.g. `/live/test.flv`).
+    pub async fn open(addr: SocketAddr, path: &str) -> anyhow::Result<FlvDownload> {
+        let (head, socket, rest) = http_request(addr, "GET", path).await?;
+        let chunked = head
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        Ok(FlvDownload {
+            head,
+            socket,
+            raw: rest,
+            flv: Vec::new(),
+            chunked,
+            body_done: false,
+            file_header_seen: false,
+            bytes: 0,
+        })
+    }
+
+    fn dechunk(&mut self) -> anyhow::Result<()> {
+        if !self.chunked {
+            self.bytes += self.raw.len() as u64;
+            self.flv.append(&mut self.raw);
+            return Ok(());
+        }
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(());
+            };
+            let size_text = std::str::from_utf8(&self.raw[..line_end])?;
+            let size = usize::from_str_radix(size_text.trim(), 16)
+                .with_context(|| format!("bad chunk size {size_text:?}"))?;
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return Ok(());
+            }
+            if size == 0 {
+                self.body_done = true;
+                self.raw.clear();
+                return Ok(());
+            }
+            let data = &self.raw[line_end + 2..line_end + 2 + size];
+            self.flv.extend_from_slice(data);
+            self.bytes += size as u64;
+            if &self.raw[line_end + 2 + size..line_end + 4 + size] != b"\r\n" {
+                bail!("chunk not followed by CRLF");
+            }
+            self.raw.drain(..line_end + 4 + size);
+        }
+    }
+
+    /// The next tag; None when the body ended.
+    pub async fn next_tag(&mut self) -> anyhow::Result<Option<FlvTagRead>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            self.dechunk()?;
+            if !self.file_header_seen && self.flv.len() >= 13 {
+                if &self.flv[..3] != b"FLV" {
+                    bail!("body does not start with an FLV header");
+                }
+                self.flv.drain(..13);
+                self.file_header_seen = true;
+            }
+            if self.file_header_seen && self.flv.len() >= 11 {
+                let size = ((self.flv[1] as usize) << 16)
+                    | ((self.flv[2] as usize) << 8)
+                    | self.flv[3] as usize;
+                if self.flv.len() >= 11 + size + 4 {
+                    let ts = ((self.flv[4] as u32) << 16)
+                        | ((self.flv[5] as u32) << 8)
+                        | self.flv[6] as u32
+                        | ((self.flv[7] as u32) << 24);
+                    let tag = FlvTagRead {
+                        tag_type: self.flv[0],
+                        timestamp: ts,
+                        body: Bytes::copy_from_slice(&self.flv[11..11 + size]),
+                    };
+                    let prev =
+                        u32::from_be_bytes(self.flv[11 + size..15 + size].try_into().unwrap());
+                    if prev as usize != 11 + size {
+                        bail!(
+                            "PreviousTagSize {prev} does not match tag size {}",
+                            11 + size
+                        );
+                    }
+                    self.flv.drain(..15 + size);
+                    return Ok(Some(tag));
+                }
+            }
+            if self.body_done {
+                return Ok(None);
+            }
+            let n = self.socket.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// True once the server sent the final (zero-size) chunk.
+    pub fn ended_cleanly(&self) -> bool {
+        self.body_done
+    }
+}
+
+/// A raw HTTP-FLV connection that reads at most `bytes_per_sec`, to play a slow viewer.
+pub async fn slow_http_reader(
+    addr: SocketAddr,
+    path: &str,
+    bytes_per_sec: usize,
+    run_for: Duration,
+) -> anyhow::Result<u64> {
+    let (head, mut socket, rest) = http_request(addr, "GET", path).await?;
+    if head.status != 200 {
+        bail!("status {}", head.status);
+    }
+    let mut total = rest.len() as u64;
+    let start = Instant::now();
+    let step = Duration::from_millis(50);
+    let per_step = (bytes_per_sec / 20).max(1);
+    let mut buf = vec![0u8; per_step];
+    while start.elapsed() < run_for {
+        tokio::time::sleep(step).await;
+        match tokio::time::timeout(step, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n as u64,
+            Err(_) => {}
+        }
+    }
+    Ok(total)
+}
+
+/// ffprobe of a URL (live stream) with a time limit: streams as JSON.
+pub fn ffprobe_url(url: &str, limit: Duration) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .arg(limit.as_secs().max(1).to_string())
+        .args(["ffprobe", "-v", "error", "-show_streams", "-of", "json"])
+        .arg(url)
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe failed on {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
+}
