@@ -19,6 +19,8 @@ pub struct Settings {
     pub qa: QaSettings,
     /// Processing of the microphone signal (not applied to the test tone).
     pub audio_chain: crate::audio::AudioChainSettings,
+    /// The GPU video filters (beauty, color, sharpen, denoise, watermark); all off by default.
+    pub video_filters: crate::video::FilterSettings,
 }
 
 /// Quality-assurance aids that change what goes out, off unless asked for.
@@ -164,6 +166,7 @@ impl Settings {
         crate::encode::x264::validate(&self.video)?;
         crate::encode::validate_encoder(&self.video)?;
         self.audio_chain.validate()?;
+        self.video_filters.validate()?;
         if self.audio.sample_rate != 48_000 && self.audio.sample_rate != 44_100 {
             bail!(
                 "audio.sample_rate = {} is not supported: use 48000 or 44100",

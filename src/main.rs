@@ -67,6 +67,10 @@ struct LiveArgs {
     /// (see `onair encoders`); an unavailable one falls back to x264.
     #[arg(long, value_name = "NAME")]
     encoder: Option<String>,
+    /// Turn on the beauty filters (skin smoothing, brightening, sharpening) on the GPU; the
+    /// `[video_filters]` settings give finer control.
+    #[arg(long)]
+    beauty: bool,
     /// Microphone to stream ("default" or a name from `onair devices`) instead of the tone.
     #[arg(long, value_name = "NAME")]
     mic: Option<String>,
@@ -206,6 +210,9 @@ fn apply_live_args(settings: &mut Settings, args: &LiveArgs) -> anyhow::Result<(
     }
     if let Some(m) = &args.mic {
         settings.sources.microphone = Some(m.clone());
+    }
+    if args.beauty {
+        settings.video_filters = onair::video::FilterSettings::beauty();
     }
     if let Some(u) = &args.backup_url {
         settings.destination.backup_url = Some(u.clone());

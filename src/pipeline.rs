@@ -11,6 +11,7 @@ use crate::clock::MediaClock;
 use crate::config::Settings;
 use crate::encode::{self, AudioEncoder, VideoEncoder};
 use crate::flv::FlvWriter;
+use crate::media::VideoFrame;
 use crate::media::{MediaKind, Packet, StreamHeaders};
 use crate::publish::output::{
     connect_first, run_output, EncoderControl, OutputConfig, WrittenHook,
@@ -19,6 +20,7 @@ use crate::publish::url::RtmpUrl;
 use crate::qa::stamp::{self, Stage, StageRecorder, StageReport, WallAnchor};
 use crate::relay::{start_relay, RelayConfig, RelayHandle};
 use crate::stats::{status_line, Stats};
+use crate::video::VideoFilterChain;
 use anyhow::Context;
 use std::io::BufWriter;
 use std::path::PathBuf;
@@ -221,6 +223,14 @@ pub async fn run_live(
     let control = Arc::new(EncoderControl::new(s.video.bitrate_kbps));
     let (tx, rx) = mpsc::channel::<Packet>(QUEUE_CAPACITY);
     let video_source = TestCard::new(clock, s.video.width, s.video.height, s.video.fps)?;
+    let filters = if s.video_filters.active_stages().is_empty() {
+        None
+    } else {
+        let chain = VideoFilterChain::new(&s.video_filters, s.video.width, s.video.height)
+            .context("starting the video filters")?;
+        eprintln!("video filters: {}", chain.status());
+        Some(chain)
+    };
     let (audio_source, chain) = open_audio_source(s, clock)?;
     let video_thread = spawn_video(
         Box::new(video_source),
@@ -229,6 +239,8 @@ pub async fn run_live(
         shared.clone(),
         control.clone(),
         VideoExtras {
+            filters,
+            fps: s.video.fps,
             stamp: opts.stamp.then_some(anchor),
             stages: stages.clone(),
         },
@@ -366,8 +378,13 @@ fn offer(tx: &mpsc::Sender<Packet>, p: Packet) -> Offer {
     }
 }
 
-/// What the video thread does besides capture and encode: the latency stamp and stage timing.
+/// What the video thread does besides capture and encode: filters, the latency stamp and
+/// stage timing.
 struct VideoExtras {
+    /// The GPU (or CPU reference) filter chain, when any filter is on.
+    filters: Option<VideoFilterChain>,
+    /// Frame rate, for the filters' budget check.
+    fps: u32,
     /// Stamp frames, with capture times from this anchor.
     stamp: Option<WallAnchor>,
     stages: Option<Arc<StageRecorder>>,
@@ -405,47 +422,87 @@ fn spawn_video(
                 }
                 true
             };
+            let mut filters = extras.filters;
+            let mut budget_checked = Instant::now();
+            // Stamp, encode and deliver one (filtered) frame; false when the output is gone.
+            let mut encode_one =
+                |mut frame: VideoFrame,
+                 encoder: &mut Box<dyn VideoEncoder>,
+                 deliver: &mut dyn FnMut(Packet, &mut Box<dyn VideoEncoder>) -> bool|
+                 -> anyhow::Result<bool> {
+                    if let Some(anchor) = &extras.stamp {
+                        let s = stamp::Stamp {
+                            capture_unix_ms: anchor.unix_ms_at(frame.pts_ms),
+                            frame: frame.index as u32,
+                        };
+                        stamp::draw(&mut frame, &s);
+                        encoder.attach_sei(stamp::sei_payload(&s).to_vec());
+                    }
+                    if let Some(st) = &extras.stages {
+                        st.mark(frame.pts_ms, Stage::Ready);
+                    }
+                    apply_control(&control, encoder.as_mut(), &mut bitrate);
+                    let t = Instant::now();
+                    let packets = encoder.encode(&frame).context("video encoder failed")?;
+                    Stats::add(&stats.encode_us, t.elapsed().as_micros() as u64);
+                    Stats::add(&stats.frames_encoded, packets.len() as u64);
+                    if let Some(st) = &extras.stages {
+                        for p in &packets {
+                            st.mark(p.pts_ms, Stage::Encoded);
+                        }
+                    }
+                    for p in packets {
+                        if !deliver(p, encoder) {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                };
             while !shared.stop.load(Ordering::SeqCst) {
-                let mut frame = match source.next_frame() {
+                let frame = match source.next_frame() {
                     Ok(f) => f,
                     Err(e) => return shared.fail(e.context("video source failed")),
                 };
                 if let Some(st) = &extras.stages {
                     st.mark(frame.pts_ms, Stage::Captured);
                 }
-                if let Some(anchor) = &extras.stamp {
-                    let s = stamp::Stamp {
-                        capture_unix_ms: anchor.unix_ms_at(frame.pts_ms),
-                        frame: frame.index as u32,
-                    };
-                    stamp::draw(&mut frame, &s);
-                    encoder.attach_sei(stamp::sei_payload(&s).to_vec());
-                }
-                if let Some(st) = &extras.stages {
-                    st.mark(frame.pts_ms, Stage::Ready);
-                }
-                Stats::add(&stats.frames_in, 1);
-                apply_control(&control, encoder.as_mut(), &mut bitrate);
+                Stats::add(&shared.stats.frames_in, 1);
                 let skipped = source.skipped();
                 if skipped > skipped_seen {
-                    Stats::add(&stats.frames_dropped, skipped - skipped_seen);
+                    Stats::add(&shared.stats.frames_dropped, skipped - skipped_seen);
                     skipped_seen = skipped;
                 }
-                let t = Instant::now();
-                let packets = match encoder.encode(&frame) {
-                    Ok(p) => p,
-                    Err(e) => return shared.fail(e.context("video encoder failed")),
+                let frames = match filters.as_mut() {
+                    Some(f) => match f.push(frame) {
+                        Ok(frames) => frames,
+                        Err(e) => return shared.fail(e.context("video filters failed")),
+                    },
+                    None => vec![frame],
                 };
-                Stats::add(&stats.encode_us, t.elapsed().as_micros() as u64);
-                Stats::add(&stats.frames_encoded, packets.len() as u64);
-                if let Some(st) = &extras.stages {
-                    for p in &packets {
-                        st.mark(p.pts_ms, Stage::Encoded);
+                for frame in frames {
+                    match encode_one(frame, &mut encoder, &mut deliver) {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => return shared.fail(e),
                     }
                 }
-                for p in packets {
-                    if !deliver(p, &mut encoder) {
-                        return;
+                if let Some(f) = filters.as_ref() {
+                    if budget_checked.elapsed() >= Duration::from_secs(5) {
+                        budget_checked = Instant::now();
+                        if let Some(w) = f.over_budget(extras.fps as f64) {
+                            tracing::warn!("{w}");
+                            shared.stats.push_event(format!("video filters: {w}"));
+                        }
+                    }
+                }
+            }
+            // Nothing captured is lost at the end: frames still in the filters, then the encoder.
+            if let Some(f) = filters.as_mut() {
+                if let Ok(rest) = f.flush() {
+                    for frame in rest {
+                        if !matches!(encode_one(frame, &mut encoder, &mut deliver), Ok(true)) {
+                            return;
+                        }
                     }
                 }
             }

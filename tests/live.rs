@@ -324,3 +324,63 @@ fn ctrl_c_stops_cleanly_and_finishes_the_recording() {
     assert!(video >= 80, "only {video} video tags after ~3 s");
     assert_good_stream(&record, 2.5);
 }
+
+#[test]
+fn beauty_filtered_stream_plays_from_the_relay() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("beauty.flv");
+    let mut live = ChildGuard::spawn(
+        Command::new(onair())
+            .args([
+                "live",
+                "--beauty",
+                "--duration",
+                "8",
+                "--size",
+                "320x240",
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    wait_for_port(port, Duration::from_secs(20));
+    let mut player = ChildGuard::spawn(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
+            .arg(format!("rtmp://127.0.0.1:{port}/live/test"))
+            .args(["-c", "copy", "-f", "flv"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let status = live
+        .wait_timeout(Duration::from_secs(40))
+        .expect("onair live hung");
+    let log = live.stderr_string();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("video filters on the GPU"),
+        "filters not on the GPU:\n{log}"
+    );
+    player
+        .wait_timeout(Duration::from_secs(20))
+        .expect("player did not stop");
+    assert_good_stream(&out, 5.0);
+    let decode = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&out)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&decode.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("[null @"))
+        .collect();
+    assert!(
+        decode.status.success() && errors.is_empty(),
+        "decode errors:\n{stderr}"
+    );
+}

@@ -234,7 +234,21 @@ fn reconnect_delays(log: &str) -> Vec<(u32, f64)> {
 fn server_outage_reconnects_on_schedule_and_resumes_on_a_keyframe() {
     let rt = runtime();
     let relay = relay(&rt);
-    let proxy = Proxy::start(&rt, relay.local_addr);
+    outage_through(&rt, relay.local_addr);
+    relay.shutdown();
+}
+
+#[test]
+fn nginx_outage_reconnects_on_schedule_and_resumes_on_a_keyframe() {
+    let rt = runtime();
+    let nginx = support::Nginx::start().expect("nginx with the RTMP module (scripts/setup)");
+    outage_through(&rt, SocketAddr::from(([127, 0, 0, 1], nginx.rtmp_port)));
+}
+
+/// Takes the server at `server` away for 5 s behind a proxy while `onair live` publishes
+/// through it, then checks the reconnect schedule, the resumed session and a reader.
+fn outage_through(rt: &tokio::runtime::Runtime, server: SocketAddr) {
+    let proxy = Proxy::start(rt, server);
     let url = format!("rtmp://127.0.0.1:{}/live/outage", proxy.port);
     let mut live = publisher(
         &url,
@@ -268,7 +282,7 @@ fn server_outage_reconnects_on_schedule_and_resumes_on_a_keyframe() {
     assert!(down_at.elapsed() < Duration::from_secs(20));
 
     // a reader sees the stream continue
-    let player_url = RtmpUrl::parse(&format!("rtmp://{}/live/outage", relay.local_addr)).unwrap();
+    let player_url = RtmpUrl::parse(&format!("rtmp://{server}/live/outage")).unwrap();
     let frames = rt.block_on(async {
         let mut player = RtmpPlayer::connect(&player_url, Duration::from_secs(5))
             .await
@@ -352,7 +366,6 @@ fn server_outage_reconnects_on_schedule_and_resumes_on_a_keyframe() {
             prev = *ts;
         }
     }
-    relay.shutdown();
 }
 
 #[test]

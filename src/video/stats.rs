@@ -9,8 +9,10 @@ use std::time::Duration;
 pub enum TimingSource {
     /// GPU timestamp queries around each pass: exact GPU time, no stalls added.
     GpuTimestamps,
-    /// Wall-clock time around each stage: exact on the CPU; on a GPU without timestamp
-    /// queries only with profiling on (each stage then waits for the previous one).
+    /// Wall-clock time around each stage: exact on the CPU. On a GPU without timestamp
+    /// queries, per-stage times need profiling on (each stage then waits for the previous
+    /// one); otherwise only the frame time is known, measured from submission to readback,
+    /// which with pipelined frames is an upper bound.
     WallClock,
 }
 
