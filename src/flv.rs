@@ -220,7 +220,7 @@ pub fn sps_pps_from_annexb(data: &[u8]) -> Result<(Vec<u8>, Vec<u8>), FlvError> 
 }
 
 /// Removes emulation prevention bytes (the 03 in 00 00 03) to get the raw RBSP bits.
-fn unescape_rbsp(data: &[u8]) -> Vec<u8> {
+pub fn unescape_rbsp(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
     let mut zeros = 0;
     for &b in data {
@@ -230,6 +230,21 @@ fn unescape_rbsp(data: &[u8]) -> Vec<u8> {
         }
         zeros = if b == 0 { zeros + 1 } else { 0 };
         out.push(b);
+    }
+    out
+}
+
+/// Inserts emulation-prevention bytes (00 00 0x → 00 00 03 0x for x ≤ 3) into an RBSP.
+pub fn escape_rbsp(rbsp: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rbsp.len() + rbsp.len() / 64 + 2);
+    let mut zeros = 0;
+    for &b in rbsp {
+        if zeros >= 2 && b <= 3 {
+            out.push(3);
+            zeros = 0;
+        }
+        out.push(b);
+        zeros = if b == 0 { zeros + 1 } else { 0 };
     }
     out
 }

@@ -13,7 +13,10 @@ use onair::media::{Packet, StreamHeaders, VideoFrame};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{ffprobe_packets, ffprobe_streams, free_port, onair, wait_for_port, ChildGuard};
+use support::{
+    assert_decodes_cleanly, ffprobe_packets, ffprobe_streams, free_port, onair, wait_for_port,
+    ChildGuard,
+};
 
 const FPS: u32 = 30;
 
@@ -94,21 +97,6 @@ fn decoded_frames(path: &Path) -> u64 {
         .expect("ffprobe must be installed");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-/// Decodes the whole file with ffmpeg; panics with ffmpeg's complaints if there are any.
-fn assert_decodes_cleanly(path: &Path) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-i"])
-        .arg(path)
-        .args(["-f", "null", "-"])
-        .output()
-        .expect("ffmpeg must be installed");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && err.trim().is_empty(),
-        "ffmpeg decode errors:\n{err}"
-    );
 }
 
 fn assert_h264_stream(path: &Path, width: u64, height: u64) {

@@ -368,19 +368,5 @@ fn beauty_filtered_stream_plays_from_the_relay() {
         .wait_timeout(Duration::from_secs(20))
         .expect("player did not stop");
     assert_good_stream(&out, 5.0);
-    let decode = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&out)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&decode.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.starts_with("[null @"))
-        .collect();
-    assert!(
-        decode.status.success() && errors.is_empty(),
-        "decode errors:\n{stderr}"
-    );
+    support::assert_decodes_cleanly(&out);
 }

@@ -10,6 +10,7 @@
 //! implementation. It also holds [`StageRecorder`], which times each publishing stage of the
 //! stamped frames for `onair live --latency-report`.
 
+use crate::flv::{escape_rbsp, unescape_rbsp};
 use crate::media::VideoFrame;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -415,36 +416,6 @@ pub fn parse_sei_payload(payload: &[u8]) -> Option<Stamp> {
         capture_unix_ms: u64::from_be_bytes(payload[17..25].try_into().ok()?),
         frame: u32::from_be_bytes(payload[25..29].try_into().ok()?),
     })
-}
-
-/// Inserts emulation-prevention bytes (00 00 0x → 00 00 03 0x for x ≤ 3) into an RBSP.
-pub fn escape_rbsp(rbsp: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rbsp.len() + rbsp.len() / 64 + 2);
-    let mut zeros = 0;
-    for &b in rbsp {
-        if zeros >= 2 && b <= 3 {
-            out.push(3);
-            zeros = 0;
-        }
-        out.push(b);
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-    }
-    out
-}
-
-/// Removes emulation-prevention bytes from a NAL unit payload.
-pub fn unescape_rbsp(ebsp: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ebsp.len());
-    let mut zeros = 0;
-    for &b in ebsp {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        out.push(b);
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-    }
-    out
 }
 
 /// A complete SEI NAL unit (header byte 0x06, no start code or length) carrying one

@@ -47,7 +47,7 @@ pub fn parse_sps(nal: &[u8]) -> Option<AvcInfo> {
     if nal.first()? & 0x1f != 7 {
         return None;
     }
-    let rbsp = unescape(&nal[1..]);
+    let rbsp = crate::flv::unescape_rbsp(&nal[1..]);
     let mut r = Bits::new(&rbsp);
     let profile = r.bits(8)? as u8;
     r.bits(8)?;
@@ -171,21 +171,6 @@ fn skip_scaling_list(r: &mut Bits, size: usize) -> Option<()> {
         }
     }
     Some(())
-}
-
-/// Removes emulation prevention bytes (`00 00 03` becomes `00 00`).
-fn unescape(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len());
-    let mut zeros = 0;
-    for &b in data {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        out.push(b);
-    }
-    out
 }
 
 /// Big-endian bit reader with Exp-Golomb codes.

@@ -169,6 +169,28 @@ pub fn ffprobe_packets(path: &Path, sel: &str) -> Vec<(f64, bool)> {
         .collect()
 }
 
+/// Decodes the whole file with ffmpeg; panics with the decoder's complaints if there are any.
+/// (The null muxer's notes about rounding timestamps to its frame rate are not about the
+/// stream and are ignored.)
+pub fn assert_decodes_cleanly(path: &Path) {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg must be installed (scripts/setup)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("[null @"))
+        .collect();
+    assert!(
+        out.status.success() && errors.is_empty(),
+        "ffmpeg decode errors in {}:\n{stderr}",
+        path.display()
+    );
+}
+
 /// A private nginx with the RTMP module on a free port, stopped on drop.
 pub struct Nginx {
     pub rtmp_port: u16,
