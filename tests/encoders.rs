@@ -340,15 +340,8 @@ fn live_with_ffmpeg_x264_plays_from_the_embedded_relay() {
     );
     wait_for_port(port, Duration::from_secs(20));
     let out = dir.path().join("watched.flv");
-    let mut player = ChildGuard::spawn(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
-            .arg(format!("rtmp://127.0.0.1:{port}/live/test"))
-            .args(["-c", "copy", "-f", "flv"])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
+    let mut player =
+        support::record_stream(&format!("rtmp://127.0.0.1:{port}/live/test"), &out, &[]);
     let status = live
         .wait_timeout(Duration::from_secs(40))
         .expect("onair live hung");

@@ -83,15 +83,8 @@ fn live_to_embedded_relay_is_watchable_by_ffmpeg() {
     wait_for_port(port, Duration::from_secs(20));
     let started = Instant::now();
     let out = dir.path().join("watched.flv");
-    let mut player = ChildGuard::spawn(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
-            .arg(format!("rtmp://127.0.0.1:{port}/live/test"))
-            .args(["-c", "copy", "-f", "flv"])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
+    let mut player =
+        support::record_stream(&format!("rtmp://127.0.0.1:{port}/live/test"), &out, &[]);
     let status = live
         .wait_timeout(Duration::from_secs(40))
         .expect("onair live hung");
@@ -185,15 +178,8 @@ fn publishes_to_nginx_rtmp() {
             .stderr(Stdio::piped()),
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let mut player = ChildGuard::spawn(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-i", &url])
-            // nginx keeps a player waiting after the publisher leaves: record a fixed span
-            .args(["-t", "5", "-c", "copy", "-f", "flv"])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
+    // nginx keeps a player waiting after the publisher leaves: record a fixed span
+    let mut player = support::record_stream(&url, &out, &["-t", "5"]);
     let status = live
         .wait_timeout(Duration::from_secs(30))
         .expect("onair live hung");
@@ -346,15 +332,8 @@ fn beauty_filtered_stream_plays_from_the_relay() {
             .stderr(Stdio::piped()),
     );
     wait_for_port(port, Duration::from_secs(20));
-    let mut player = ChildGuard::spawn(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
-            .arg(format!("rtmp://127.0.0.1:{port}/live/test"))
-            .args(["-c", "copy", "-f", "flv"])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
+    let mut player =
+        support::record_stream(&format!("rtmp://127.0.0.1:{port}/live/test"), &out, &[]);
     let status = live
         .wait_timeout(Duration::from_secs(40))
         .expect("onair live hung");

@@ -113,15 +113,8 @@ fn throttled_link_adapts_then_recovers_without_dropping_the_connection() {
     wait_for_log(&mut live, "going live", Duration::from_secs(20));
     let clock = LogClock(Instant::now());
     wait_for_log(&mut live, "live 00:00:03", Duration::from_secs(20));
-    let mut reader = ChildGuard::spawn(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
-            .arg(format!("rtmp://{}/live/abr", relay.local_addr))
-            .args(["-c", "copy", "-f", "flv"])
-            .arg(&watched)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
+    let reader_url = format!("rtmp://{}/live/abr", relay.local_addr);
+    let mut reader = support::record_stream(&reader_url, &watched, &[]);
     std::thread::sleep(Duration::from_secs(3));
 
     // (1) half the configured bitrate (1000 video + 128 audio)

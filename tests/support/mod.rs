@@ -169,6 +169,20 @@ pub fn ffprobe_packets(path: &Path, sel: &str) -> Vec<(f64, bool)> {
         .collect()
 }
 
+/// Starts ffmpeg copying the stream at `url` into the FLV file `out` until the stream ends
+/// (`extra` goes before the output, e.g. `-t 5`).
+pub fn record_stream(url: &str, out: &Path, extra: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-i", url])
+            .args(extra)
+            .args(["-c", "copy", "-f", "flv"])
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+}
+
 /// Decodes the whole file with ffmpeg; panics with the decoder's complaints if there are any.
 /// (The null muxer's notes about rounding timestamps to its frame rate are not about the
 /// stream and are ignored.)
