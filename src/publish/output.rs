@@ -173,8 +173,6 @@ struct Output<'a> {
     connecting: Option<ConnectFuture>,
     bytes_sent_before: u64,
     last_sample: (Instant, u64),
-    /// Smoothed rate written to the socket (kbit/s).
-    send_ewma_kbps: f64,
 }
 
 impl Output<'_> {
@@ -309,30 +307,14 @@ impl Output<'_> {
             .max(1e-3);
         let send_kbps = (sent - self.last_sample.1) as f64 * 8.0 / 1000.0 / secs;
         self.last_sample = (now, sent);
-        let rate_kbps = (self.control.bitrate() + self.cfg.audio_kbps).max(1) as f64;
-        self.send_ewma_kbps = 0.7 * self.send_ewma_kbps + 0.3 * send_kbps;
+        let rate_kbps = (self.control.bitrate() + self.cfg.audio_kbps).max(1) as u64;
         let unsent = self
             .conn
             .as_ref()
             .and_then(|c| c.unsent_bytes())
             .unwrap_or(0)
             + (self.outbuf.len() - self.outpos) as u64;
-        // Bytes in the socket leave at the rate the link takes them: when the socket holds a
-        // backlog that is what was measured, not what the encoder produces.
-        let drain_kbps = if unsent > 8 * 1024 {
-            self.send_ewma_kbps.clamp(rate_kbps * 0.05, rate_kbps)
-        } else {
-            rate_kbps
-        };
-        let socket_ms = (unsent as f64 * 8.0 / drain_kbps) as u64;
-        let queue_ms = self.queue.delay_ms() + socket_ms;
-        // What sits in the socket counts against the same delay budget.
-        self.queue.set_budget_ms(
-            self.cfg
-                .queue_budget_ms
-                .saturating_sub(socket_ms)
-                .max(self.cfg.queue_budget_ms / 4),
-        );
+        let queue_ms = self.queue.delay_ms() + unsent * 8 / rate_kbps;
         self.stats.queue_ms.store(queue_ms, Ordering::Relaxed);
         let d = self.queue.drops();
         self.stats
@@ -467,7 +449,6 @@ pub async fn run_output(
         connecting: None,
         bytes_sent_before: 0,
         last_sample: (Instant::now(), 0),
-        send_ewma_kbps: (control.bitrate() + cfg.audio_kbps) as f64,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -45,13 +45,11 @@ impl DropCounts {
 }
 
 /// A bounded queue of packets waiting for the network: video is kept within the budget,
-/// audio within twice the budget the queue was created with.
+/// audio within twice the budget.
 #[derive(Debug)]
 pub struct SendQueue {
     items: VecDeque<Packet>,
     budget_ms: u64,
-    /// Audio's limit: twice the budget the queue was created with.
-    audio_limit_ms: u64,
     bytes: usize,
     need_keyframe: bool,
     keyframe_requested: bool,
@@ -64,7 +62,6 @@ impl SendQueue {
         SendQueue {
             items: VecDeque::with_capacity(256),
             budget_ms,
-            audio_limit_ms: 2 * budget_ms,
             bytes: 0,
             need_keyframe: false,
             keyframe_requested: false,
@@ -86,7 +83,7 @@ impl SendQueue {
         while self.delay_ms() > self.budget_ms && self.drop_video_once() {}
         // Audio queued behind video that was already on the wire spans the same time as
         // the dropped video; it goes only past twice the budget, when it is unavoidable.
-        while self.delay_ms() > self.audio_limit_ms && self.drop_audio_once() {}
+        while self.delay_ms() > 2 * self.budget_ms && self.drop_audio_once() {}
     }
 
     /// The next packet to send.
@@ -129,12 +126,6 @@ impl SendQueue {
     /// The delay budget in ms.
     pub fn budget_ms(&self) -> u64 {
         self.budget_ms
-    }
-
-    /// Changes the video budget (e.g. less while the socket itself holds a backlog); audio
-    /// keeps its limit. Takes effect from the next packet.
-    pub fn set_budget_ms(&mut self, budget_ms: u64) {
-        self.budget_ms = budget_ms;
     }
 
     /// Drops counted so far.
