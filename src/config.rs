@@ -30,6 +30,9 @@ pub struct QaSettings {
     /// Stamp every frame with its capture time and number (barcode, digits and SEI), so
     /// `onair probe` can measure glass-to-glass latency and lost frames on the viewer side.
     pub stamp: bool,
+    /// Beep once per second in the tone (instead of the steady tone) and flash the test card
+    /// on the frame of each whole second, so `onair probe` can measure the A/V offset.
+    pub sync_marks: bool,
 }
 
 /// How the stream copes with a bad network.
@@ -75,6 +78,12 @@ pub struct Sources {
     pub tone_hz: f32,
     /// Microphone to capture ("default" or a name from `onair devices`); none: the test tone.
     pub microphone: Option<String>,
+    /// Camera to capture: an index or a name from `onair devices`; none: the test card. A
+    /// camera that is busy, missing or fails mid-stream gives the test card, not an error.
+    pub camera: Option<String>,
+    /// Pixel format to ask the camera for (mjpeg, yuyv, nv12, rgb, bgr, gray); none: the
+    /// closest mode to the stream's size and rate in any format.
+    pub camera_format: Option<String>,
 }
 
 impl Default for Sources {
@@ -82,6 +91,8 @@ impl Default for Sources {
         Sources {
             tone_hz: 440.0,
             microphone: None,
+            camera: None,
+            camera_format: None,
         }
     }
 }
@@ -190,6 +201,19 @@ impl Settings {
                 "sources.tone_hz = {} is invalid: use 20 to 20000",
                 self.sources.tone_hz
             );
+        }
+        if let Some(f) = self.sources.camera_format.as_deref() {
+            if !f.trim().is_empty() {
+                crate::capture::convert::PixelFormat::parse(f)
+                    .context("sources.camera_format is invalid")?;
+            }
+        }
+        if let Some(c) = &self.sources.camera {
+            if c.len() > 256 || c.chars().any(char::is_control) {
+                bail!(
+                    "sources.camera is invalid: give a camera index or name from `onair devices`"
+                );
+            }
         }
         if self.relay.listen.parse::<std::net::SocketAddr>().is_err() {
             bail!(

@@ -74,6 +74,18 @@ struct LiveArgs {
     /// Microphone to stream ("default" or a name from `onair devices`) instead of the tone.
     #[arg(long, value_name = "NAME")]
     mic: Option<String>,
+    /// Camera to stream (an index or a name from `onair devices`) instead of the test card;
+    /// a busy, missing or failing camera gives the test card and a warning.
+    #[arg(long, value_name = "NAME|INDEX")]
+    camera: Option<String>,
+    /// Pixel format to ask the camera for: mjpeg, yuyv, nv12, rgb, bgr or gray (default: the
+    /// mode closest to --size/--fps in any format).
+    #[arg(long, value_name = "FORMAT")]
+    camera_format: Option<String>,
+    /// Beep once per second in the tone and flash the test card on the first frame of each
+    /// second, so `onair probe` can measure the A/V offset (sets qa.sync_marks for this run).
+    #[arg(long)]
+    sync_marks: bool,
     /// Also record what goes out to this FLV file.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
@@ -211,6 +223,15 @@ fn apply_live_args(settings: &mut Settings, args: &LiveArgs) -> anyhow::Result<(
     if let Some(m) = &args.mic {
         settings.sources.microphone = Some(m.clone());
     }
+    if let Some(c) = &args.camera {
+        settings.sources.camera = Some(c.clone());
+    }
+    if let Some(f) = &args.camera_format {
+        settings.sources.camera_format = Some(f.clone());
+    }
+    if args.sync_marks {
+        settings.qa.sync_marks = true;
+    }
     if args.beauty {
         settings.video_filters = onair::video::FilterSettings::beauty();
     }
@@ -337,7 +358,19 @@ fn devices() -> anyhow::Result<()> {
         }
     }
     println!("Cameras:");
-    println!("  camera capture is not part of this build yet; the test card is used");
+    let cameras = onair::capture::list_cameras()?;
+    if cameras.is_empty() {
+        println!("  none found (the test card is used)");
+    }
+    for c in &cameras {
+        println!("  {}: {} ({})", c.index, c.name, c.description);
+        if let Some(e) = &c.error {
+            println!("      unavailable: {e}");
+        }
+        for m in &c.modes {
+            println!("      {m}");
+        }
+    }
     Ok(())
 }
 

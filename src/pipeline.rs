@@ -4,7 +4,6 @@
 
 use crate::audio::AudioChain;
 use crate::capture::microphone::{Microphone, MicrophoneOptions};
-use crate::capture::test_card::TestCard;
 use crate::capture::tone::Tone;
 use crate::capture::{AudioSource, VideoSource};
 use crate::clock::MediaClock;
@@ -222,7 +221,7 @@ pub async fn run_live(
     });
     let control = Arc::new(EncoderControl::new(s.video.bitrate_kbps));
     let (tx, rx) = mpsc::channel::<Packet>(QUEUE_CAPACITY);
-    let video_source = TestCard::new(clock, s.video.width, s.video.height, s.video.fps)?;
+    let video_source = crate::capture::open_video_source(s, clock, stats.clone())?;
     let filters = if s.video_filters.active_stages().is_empty() {
         None
     } else {
@@ -553,7 +552,7 @@ fn open_audio_source(
             let chain = AudioChain::from_settings(&s.audio_chain, s.audio.sample_rate)?;
             Ok((Box::new(mic), Some(chain)))
         }
-        None => Ok((Box::new(Tone::new(clock, s.sources.tone_hz)), None)),
+        None => Ok((Box::new(Tone::from_settings(s, clock)), None)),
     }
 }
 

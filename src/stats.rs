@@ -53,6 +53,9 @@ pub struct Stats {
     pub state: Mutex<String>,
     /// The latest output events, oldest first.
     pub events: Mutex<VecDeque<String>>,
+    /// What the video comes from now ("camera 0 'Webcam' 1280x720@30 MJPG", "test card …"),
+    /// so the status panel shows a camera that fell back to the test card.
+    pub video_source: Mutex<String>,
 }
 
 /// A copy of the counters at one instant, for computing rates between two readings.
@@ -115,6 +118,19 @@ impl Stats {
     /// The state shown to the user.
     pub fn state(&self) -> String {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the description of the current video source.
+    pub fn set_video_source(&self, source: impl Into<String>) {
+        *self.video_source.lock().unwrap_or_else(|p| p.into_inner()) = source.into();
+    }
+
+    /// The description of the current video source.
+    pub fn video_source(&self) -> String {
+        self.video_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records an event (bounded history).

@@ -35,7 +35,14 @@ pub struct TestCard {
     skipped: u64,
     paced: bool,
     last_pts: i64,
+    /// Flash the first frame of every second ([`TestCard::with_sync_marks`]).
+    sync_marks: bool,
+    /// The second (pts / 1000) of the last frame, to find the first frame of the next one.
+    last_second: i64,
 }
+
+/// Luma of the sync flash: the whole frame turns white, so a reader finds it by mean level.
+pub const SYNC_FLASH_LUMA: u8 = 235;
 
 impl TestCard {
     /// A card of `width`x`height` (both even, at least 64x64) at `fps`, paced by `clock`.
@@ -59,6 +66,8 @@ impl TestCard {
             skipped: 0,
             paced: true,
             last_pts: -1,
+            sync_marks: false,
+            last_second: -1,
         })
     }
 
@@ -66,6 +75,24 @@ impl TestCard {
     pub fn unpaced(mut self) -> Self {
         self.paced = false;
         self
+    }
+
+    /// Turns the whole frame white on the first frame of every second of the media clock
+    /// (pts 0, the first at or after 1000 ms, …), to line up with the tone's beeps
+    /// ([`super::tone::Tone::with_sync_marks`]) so `onair probe` can measure the A/V offset.
+    pub fn with_sync_marks(mut self) -> Self {
+        self.sync_marks = true;
+        self
+    }
+
+    /// Continues with the frame due now instead of catching up from where the card stopped,
+    /// for a card that takes over from another source mid-stream (no false skip count).
+    pub fn resume_now(&mut self) {
+        if self.paced {
+            let now = self.clock.now_ms().max(0) as u64;
+            let due = (now * self.fps as u64).div_ceil(1000);
+            self.index = self.index.max(due);
+        }
     }
 
     /// Draws frame `index` with the given pts.
@@ -123,7 +150,16 @@ impl VideoSource for TestCard {
             frame_time_ms(self.index, self.fps) as i64
         };
         self.last_pts = pts;
-        let frame = self.render(self.index, pts);
+        let mut frame = self.render(self.index, pts);
+        if self.sync_marks {
+            let second = pts.div_euclid(1000);
+            if second != self.last_second {
+                let luma = (frame.width * frame.height) as usize;
+                frame.data[..luma].fill(SYNC_FLASH_LUMA);
+                frame.data[luma..].fill(128);
+            }
+            self.last_second = second;
+        }
         self.index += 1;
         Ok(frame)
     }
@@ -243,6 +279,38 @@ mod tests {
     fn rejects_bad_sizes() {
         assert!(TestCard::new(MediaClock::start(), 321, 240, 30).is_err());
         assert!(TestCard::new(MediaClock::start(), 320, 240, 0).is_err());
+    }
+
+    #[test]
+    fn sync_marks_flash_the_first_frame_of_each_second() {
+        let mut card = TestCard::new(MediaClock::start(), 64, 64, 30)
+            .unwrap()
+            .unpaced()
+            .with_sync_marks();
+        let flashes: Vec<i64> = (0..95)
+            .map(|_| card.next_frame().unwrap())
+            .filter(|f| f.data[..64 * 64].iter().all(|&y| y == SYNC_FLASH_LUMA))
+            .map(|f| f.pts_ms)
+            .collect();
+        assert_eq!(flashes, [0, 1000, 2000, 3000]);
+        // without the option, no frame is all white
+        let mut plain = TestCard::new(MediaClock::start(), 64, 64, 30)
+            .unwrap()
+            .unpaced();
+        assert!((0..40).all(|_| plain.next_frame().unwrap().data[..64 * 64]
+            .iter()
+            .any(|&y| y != SYNC_FLASH_LUMA)));
+    }
+
+    #[test]
+    fn resuming_skips_ahead_without_counting_drops() {
+        let clock = MediaClock::start();
+        let mut card = TestCard::new(clock, 64, 64, 50).unwrap();
+        clock.sleep_until(200.0);
+        card.resume_now();
+        let f = card.next_frame().unwrap();
+        assert!(f.index >= 10, "index {}", f.index);
+        assert_eq!(card.skipped(), 0);
     }
 
     #[test]

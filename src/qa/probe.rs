@@ -3,10 +3,16 @@
 //! ([`crate::qa::stamp`]) from the SEI or, when that was stripped, from the barcode in the
 //! decoded picture, and reports glass-to-glass latency (decoded-frame arrival minus capture
 //! time, on this machine's clock), jitter, and missing or duplicated frames.
+//!
+//! It decodes the audio too: a stream published with sync marks (`onair live --sync-marks`:
+//! a beep at every whole second of the tone, a white flash on the test card's first frame of
+//! every second) gives the A/V offset, each beep's onset against its flash frame's pts.
 
 use super::player::{PlayerEvent, RtmpPlayer};
 use super::stamp::{self, percentile, unix_ms_now, Stamp};
-use crate::flv::{self, AVC_NALU, AVC_SEQUENCE_HEADER, TAG_VIDEO};
+use crate::flv::{
+    self, AAC_RAW, AAC_SEQUENCE_HEADER, AVC_NALU, AVC_SEQUENCE_HEADER, TAG_AUDIO, TAG_VIDEO,
+};
 use crate::publish::url::RtmpUrl;
 use anyhow::{anyhow, bail, Context};
 use bytes::{Buf, Bytes, BytesMut};
@@ -323,22 +329,25 @@ impl Input {
         })
     }
 
-    /// The next video tag (timestamp, body); None at the end of the stream.
-    async fn next_video(&mut self) -> anyhow::Result<Option<(u32, Bytes)>> {
+    /// The next audio or video tag (type, timestamp, body); None at the end of the stream.
+    async fn next_media(&mut self) -> anyhow::Result<Option<(u8, u32, Bytes)>> {
         match self {
             Input::Rtmp(player) => loop {
                 match player.next_event().await? {
                     None => return Ok(None),
                     Some(PlayerEvent::Video { timestamp_ms, data }) => {
-                        return Ok(Some((timestamp_ms, data)))
+                        return Ok(Some((TAG_VIDEO, timestamp_ms, data)))
+                    }
+                    Some(PlayerEvent::Audio { timestamp_ms, data }) => {
+                        return Ok(Some((TAG_AUDIO, timestamp_ms, data)))
                     }
                     Some(_) => {}
                 }
             },
             Input::Http(body, parser) => loop {
                 if let Some(tag) = parser.next_tag()? {
-                    if tag.tag_type == TAG_VIDEO {
-                        return Ok(Some((tag.timestamp_ms, tag.body)));
+                    if tag.tag_type == TAG_VIDEO || tag.tag_type == TAG_AUDIO {
+                        return Ok(Some((tag.tag_type, tag.timestamp_ms, tag.body)));
                     }
                     continue;
                 }
@@ -350,8 +359,8 @@ impl Input {
             },
             Input::File(file, parser) => loop {
                 if let Some(tag) = parser.next_tag()? {
-                    if tag.tag_type == TAG_VIDEO {
-                        return Ok(Some((tag.timestamp_ms, tag.body)));
+                    if tag.tag_type == TAG_VIDEO || tag.tag_type == TAG_AUDIO {
+                        return Ok(Some((tag.tag_type, tag.timestamp_ms, tag.body)));
                     }
                     continue;
                 }
@@ -467,6 +476,280 @@ pub fn read_barcode_in(frame: &ff::frame::Video) -> Option<Stamp> {
         frame.width() as usize,
         frame.height() as usize,
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// A/V offset
+// ---------------------------------------------------------------------------------------
+
+/// FFmpeg's AAC decoder, fed the FLV's raw AAC frames wrapped in ADTS headers built from the
+/// AudioSpecificConfig (so no extradata plumbing is needed).
+pub struct AacDecoder {
+    decoder: ff::decoder::Audio,
+    /// Audio object type, sampling-frequency index, channel configuration.
+    config: (u8, u8, u8),
+}
+
+// SAFETY: the decoder context is owned by this value and used from one thread at a time.
+unsafe impl Send for AacDecoder {}
+
+/// AAC's sampling-frequency table, by index.
+const AAC_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
+
+impl AacDecoder {
+    /// Opens the decoder for the stream's AudioSpecificConfig (the FLV AAC sequence header).
+    pub fn new(asc: &[u8]) -> anyhow::Result<AacDecoder> {
+        if asc.len() < 2 {
+            bail!("the AAC sequence header is too short");
+        }
+        let aot = asc[0] >> 3;
+        let sf = ((asc[0] & 7) << 1) | (asc[1] >> 7);
+        let ch = (asc[1] >> 3) & 0xf;
+        if !(1..=4).contains(&aot) || sf as usize >= AAC_RATES.len() || !(1..=7).contains(&ch) {
+            bail!(
+                "unsupported AAC configuration (object type {aot}, rate index {sf}, channels {ch})"
+            );
+        }
+        ff::init().map_err(|e| anyhow!("FFmpeg did not initialise: {e}"))?;
+        let codec = ff::decoder::find(ff::codec::Id::AAC)
+            .ok_or_else(|| anyhow!("this FFmpeg has no AAC decoder"))?;
+        let decoder = ff::codec::Context::new_with_codec(codec)
+            .decoder()
+            .open_as(codec)
+            .and_then(|o| o.audio())
+            .context("cannot open the AAC decoder")?;
+        Ok(AacDecoder {
+            decoder,
+            config: (aot, sf, ch),
+        })
+    }
+
+    /// The sample rate of the stream.
+    pub fn rate(&self) -> u32 {
+        AAC_RATES[self.config.1 as usize]
+    }
+
+    /// Decodes one raw AAC frame starting at `pts_ms`; returns its first channel's samples.
+    pub fn decode(&mut self, raw: &[u8], pts_ms: i64) -> anyhow::Result<Vec<f32>> {
+        let (aot, sf, ch) = self.config;
+        let len = raw.len() + 7;
+        if len >= 1 << 13 {
+            bail!("AAC frame of {} bytes is too large", raw.len());
+        }
+        let mut adts = vec![
+            0xff,
+            0xf1,
+            ((aot - 1) << 6) | (sf << 2) | (ch >> 2),
+            ((ch & 3) << 6) | ((len >> 11) & 3) as u8,
+            ((len >> 3) & 0xff) as u8,
+            (((len & 7) << 5) as u8) | 0x1f,
+            0xfc,
+        ];
+        adts.extend_from_slice(raw);
+        let mut packet = ff::Packet::copy(&adts);
+        packet.set_pts(Some(pts_ms));
+        self.decoder
+            .send_packet(&packet)
+            .map_err(|e| anyhow!("AAC decoder refused a frame: {e}"))?;
+        let mut out = Vec::new();
+        let mut frame = ff::frame::Audio::empty();
+        while self.decoder.receive_frame(&mut frame).is_ok() {
+            first_channel(&frame, &mut out);
+        }
+        Ok(out)
+    }
+}
+
+/// Appends the first channel of a decoded frame as f32 (float or 16-bit, planar or packed).
+fn first_channel(frame: &ff::frame::Audio, out: &mut Vec<f32>) {
+    use ff::format::sample::{Sample, Type};
+    let n = frame.samples();
+    let channels = frame.channels().max(1) as usize;
+    let data = frame.data(0);
+    match frame.format() {
+        Sample::F32(t) => {
+            let step = if t == Type::Planar { 1 } else { channels };
+            out.extend(
+                data.chunks_exact(4)
+                    .step_by(step)
+                    .take(n)
+                    .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        Sample::I16(t) => {
+            let step = if t == Type::Planar { 1 } else { channels };
+            out.extend(
+                data.chunks_exact(2)
+                    .step_by(step)
+                    .take(n)
+                    .map(|b| i16::from_ne_bytes([b[0], b[1]]) as f32 / 32768.0),
+            );
+        }
+        other => tracing::debug!("ignoring decoded audio in {other:?}"),
+    }
+}
+
+/// Luma above which a picture counts as the test card's sync flash (the card's normal mean
+/// is about 100; the flash is 235).
+const FLASH_MEAN_LUMA: f64 = 200.0;
+
+/// True when the centre of the decoded picture is (nearly) white: the sync flash.
+pub fn is_flash(frame: &ff::frame::Video) -> bool {
+    if frame.planes() == 0 || frame.width() < 8 || frame.height() < 8 {
+        return false;
+    }
+    let (w, h, stride) = (
+        frame.width() as usize,
+        frame.height() as usize,
+        frame.stride(0),
+    );
+    let y = frame.data(0);
+    let (mut sum, mut n) = (0u64, 0u64);
+    for row in (h / 4..3 * h / 4).step_by(4) {
+        for col in (w / 4..3 * w / 4).step_by(4) {
+            sum += y[row * stride + col] as u64;
+            n += 1;
+        }
+    }
+    n > 0 && sum as f64 / n as f64 > FLASH_MEAN_LUMA
+}
+
+/// A/V offset measured from sync marks, in milliseconds (audio minus video: positive means
+/// the sound comes late).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct AvOffsetStats {
+    /// Beep onsets found in the audio.
+    pub beeps: usize,
+    /// Flash frames found in the video.
+    pub flashes: usize,
+    /// Beeps with a flash within ±400 ms (the offsets below).
+    pub pairs: usize,
+    /// Median offset.
+    pub median_ms: f64,
+    /// Mean offset.
+    pub mean_ms: f64,
+    /// Lowest offset.
+    pub min_ms: f64,
+    /// Highest offset.
+    pub max_ms: f64,
+    /// Largest offset in either direction.
+    pub max_abs_ms: f64,
+    /// Every pair's offset, in stream order.
+    pub offsets_ms: Vec<f64>,
+}
+
+/// Finds beep onsets in the audio and flash frames in the video, and pairs them.
+#[derive(Debug, Default)]
+pub struct SyncMarks {
+    flashes: Vec<i64>,
+    onsets: Vec<f64>,
+    /// Quiet samples in a row before the current one.
+    quiet: usize,
+    /// Set once the audio could not be decoded, so the warning is given once.
+    audio_failed: bool,
+}
+
+/// A sample louder than this (the beep is at 0.5) after [`ONSET_QUIET_MS`] of quiet starts a beep.
+const ONSET_LEVEL: f32 = 0.1;
+/// Quiet needed before an onset counts.
+const ONSET_QUIET_MS: usize = 300;
+/// Farthest a flash may be from a beep to be its partner.
+const PAIR_WINDOW_MS: f64 = 400.0;
+
+impl SyncMarks {
+    /// Feeds one FLV audio tag (the AAC sequence header opens `decoder`).
+    pub fn push_audio_tag(&mut self, decoder: &mut Option<AacDecoder>, ts_ms: u32, body: &[u8]) {
+        let tag = match flv::parse_audio_tag_body(body) {
+            Ok(t) => t,
+            Err(e) => {
+                if !self.audio_failed {
+                    tracing::debug!("not measuring A/V offset: {e}");
+                    self.audio_failed = true;
+                }
+                return;
+            }
+        };
+        match tag.aac_packet_type {
+            AAC_SEQUENCE_HEADER => match AacDecoder::new(tag.payload) {
+                Ok(d) => *decoder = Some(d),
+                Err(e) => tracing::warn!("not measuring A/V offset: {e:#}"),
+            },
+            AAC_RAW => {
+                let Some(d) = decoder.as_mut() else { return };
+                match d.decode(tag.payload, ts_ms as i64) {
+                    Ok(samples) => self.push_samples(ts_ms as f64, d.rate(), &samples),
+                    Err(e) => tracing::debug!("skipping an audio frame at {ts_ms} ms: {e:#}"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Feeds decoded mono samples starting at `start_ms`.
+    pub fn push_samples(&mut self, start_ms: f64, rate: u32, samples: &[f32]) {
+        let need = rate as usize * ONSET_QUIET_MS / 1000;
+        for (i, v) in samples.iter().enumerate() {
+            if v.abs() >= ONSET_LEVEL {
+                if self.quiet >= need {
+                    self.onsets.push(start_ms + i as f64 * 1000.0 / rate as f64);
+                }
+                self.quiet = 0;
+            } else {
+                self.quiet += 1;
+            }
+        }
+    }
+
+    /// Notes a flash frame at stream pts `pts_ms` (repeats within 500 ms count once).
+    pub fn push_flash(&mut self, pts_ms: i64) {
+        if self
+            .flashes
+            .last()
+            .is_some_and(|&l| (pts_ms - l).abs() < 500)
+        {
+            return;
+        }
+        self.flashes.push(pts_ms);
+    }
+
+    /// The offsets so far; None when no beep could be paired with a flash.
+    pub fn stats(&self) -> Option<AvOffsetStats> {
+        let offsets: Vec<f64> = self
+            .onsets
+            .iter()
+            .filter_map(|&onset| {
+                self.flashes
+                    .iter()
+                    .map(|&f| onset - f as f64)
+                    .min_by(|a, b| a.abs().total_cmp(&b.abs()))
+                    .filter(|d| d.abs() <= PAIR_WINDOW_MS)
+            })
+            .collect();
+        if offsets.is_empty() {
+            return None;
+        }
+        let mut sorted = offsets.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(AvOffsetStats {
+            beeps: self.onsets.len(),
+            flashes: self.flashes.len(),
+            pairs: n,
+            median_ms: median,
+            mean_ms: offsets.iter().sum::<f64>() / n as f64,
+            min_ms: sorted[0],
+            max_ms: sorted[n - 1],
+            max_abs_ms: offsets.iter().fold(0.0, |m, v| m.max(v.abs())),
+            offsets_ms: offsets,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -635,6 +918,8 @@ pub struct ProbeSummary {
     pub latency_ms: Option<LatencyStats>,
     /// Frames per second decoded.
     pub fps: f64,
+    /// A/V offset from the sync marks (None when the stream has none).
+    pub av_offset: Option<AvOffsetStats>,
 }
 
 /// Accumulates frame records into the summary, live.
@@ -728,6 +1013,7 @@ impl Tracker {
             } else {
                 0.0
             },
+            av_offset: None,
         }
     }
 }
@@ -759,6 +1045,8 @@ pub async fn run_probe(
     let mut input = Input::open(&opts.source, opts.connect_timeout).await?;
     let mut decoder = H264Decoder::new()?;
     let mut tracker = Tracker::default();
+    let mut audio: Option<AacDecoder> = None;
+    let mut sync = SyncMarks::default();
     // SEI stamps by stream pts, until their picture is decoded.
     let mut sei_by_pts: VecDeque<(i64, Option<Stamp>)> = VecDeque::new();
     let started = Instant::now();
@@ -785,11 +1073,15 @@ pub async fn run_probe(
                 ended_by_stream = false;
                 break;
             }
-            tag = input.next_video() => tag?,
+            tag = input.next_media() => tag?,
         };
-        let Some((timestamp_ms, body)) = next else {
+        let Some((tag_type, timestamp_ms, body)) = next else {
             break;
         };
+        if tag_type == TAG_AUDIO {
+            sync.push_audio_tag(&mut audio, timestamp_ms, &body);
+            continue;
+        }
         let tag = match flv::parse_video_tag_body(&body) {
             Ok(t) => t,
             Err(e) => {
@@ -832,6 +1124,9 @@ pub async fn run_probe(
                 .and_then(|i| sei_by_pts.remove(i))
                 .and_then(|(_, s)| s);
             let barcode = read_barcode_in(&picture);
+            if is_flash(&picture) {
+                sync.push_flash(ppts);
+            }
             let (stamp, source) = match (sei, barcode) {
                 (Some(s), _) => (Some(s), StampSource::Sei),
                 (None, Some(b)) => (Some(b), StampSource::Barcode),
@@ -875,6 +1170,9 @@ pub async fn run_probe(
     if ended_by_stream {
         for picture in decoder.flush() {
             let barcode = read_barcode_in(&picture);
+            if is_flash(&picture) {
+                sync.push_flash(picture.pts().unwrap_or(0));
+            }
             tracker.push(FrameRecord {
                 seq: tracker.records().len() as u64,
                 arrival_unix_ms: unix_ms_now(),
@@ -895,7 +1193,8 @@ pub async fn run_probe(
     if let Some(mut w) = csv {
         w.flush()?;
     }
-    let summary = tracker.summary(&name, live, opts.warmup);
+    let mut summary = tracker.summary(&name, live, opts.warmup);
+    summary.av_offset = sync.stats();
     if let Some(path) = &opts.plot {
         write_plot(path, tracker.records(), &name)?;
     }
@@ -977,6 +1276,12 @@ pub fn summary_text(s: &ProbeSummary) -> String {
         )),
         None if s.live => out.push_str("no stamped frames: no latency measured (was the stream published with --stamp?)\n"),
         None => out.push_str("a file has no arrival times: no latency measured\n"),
+    }
+    if let Some(a) = &s.av_offset {
+        out.push_str(&format!(
+            "A/V offset (audio minus video; positive: audio late) over {} beep/flash pairs: median {:+.1} ms, max |offset| {:.1} ms, range {:+.1} … {:+.1} ms ({} beeps, {} flashes)\n",
+            a.pairs, a.median_ms, a.max_abs_ms, a.min_ms, a.max_ms, a.beeps, a.flashes
+        ));
     }
     out
 }
@@ -1236,6 +1541,34 @@ mod tests {
         assert_eq!(l.mean, 15.0);
         assert_eq!(l.stddev, 5.0);
         assert!(LatencyStats::of(&[]).is_none());
+    }
+
+    #[test]
+    fn sync_marks_pair_beeps_with_flashes() {
+        let mut m = SyncMarks::default();
+        // 3 s of 48 kHz audio: a beep 30 ms after each whole second, from second 1 on
+        let mut audio = vec![0f32; 48_000 * 3];
+        for k in 1..3 {
+            let start = k * 48_000 + 30 * 48;
+            for i in 0..4800 {
+                audio[start + i] = 0.5 * (i as f32 * 0.13).sin().signum();
+            }
+        }
+        for (i, chunk) in audio.chunks(1024).enumerate() {
+            m.push_samples(i as f64 * 1024.0 / 48.0, 48_000, chunk);
+        }
+        for f in [0, 1000, 1000, 2001, 2500 + 600] {
+            m.push_flash(f);
+        }
+        let s = m.stats().unwrap();
+        assert_eq!((s.beeps, s.flashes, s.pairs), (2, 4, 2));
+        assert!((s.offsets_ms[0] - 30.0).abs() < 0.1, "{:?}", s.offsets_ms);
+        assert!((s.offsets_ms[1] - 29.0).abs() < 0.1, "{:?}", s.offsets_ms);
+        assert!((s.median_ms - 29.5).abs() < 0.1 && (s.max_abs_ms - 30.0).abs() < 0.1);
+        // no flashes: nothing to report
+        let mut quiet = SyncMarks::default();
+        quiet.push_samples(0.0, 48_000, &audio);
+        assert!(quiet.stats().is_none());
     }
 
     #[test]
