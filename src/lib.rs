@@ -1,12 +1,14 @@
 //! OnAir: a live-streaming broadcaster. Sources produce frames, encoders turn them into
 //! packets, outputs (RTMP publisher, FLV recorder, embedded relay) carry them away.
 
+pub mod about;
 pub mod audio;
 pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod encode;
 pub mod flv;
+pub mod logging;
 pub mod media;
 pub mod pipeline;
 pub mod publish;

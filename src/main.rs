@@ -12,8 +12,17 @@ use std::time::Duration;
 
 /// OnAir: live-stream a camera (or test card) and microphone (or tone) over RTMP.
 #[derive(Parser, Debug)]
-#[command(name = "onair", version, about, long_about = None)]
+#[command(name = "onair", version = onair::about::VERSION_WITH_COMMIT, disable_version_flag = true, about, long_about = None)]
 struct Cli {
+    /// Print the version and the git commit it was built from.
+    #[arg(short = 'V', long)]
+    version: bool,
+    /// With --version: also print the licence, the AAC encoder and the log directory.
+    #[arg(long, requires = "version")]
+    verbose: bool,
+    /// Print OnAir's licence and those of every library compiled into it.
+    #[arg(long)]
+    licenses: bool,
     /// Settings file (default: onair.toml in the platform config directory, if present).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -38,6 +47,49 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Show the GPU adapters and the one the video filters use.
     Gpu,
+    /// Write the manual page (roff) to standard output, or onair.1 and one page per
+    /// subcommand into --dir; packages install them.
+    #[command(hide = true)]
+    Manual(ManualArgs),
+    /// Write a shell completion script to standard output.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Options of `onair manual`.
+#[derive(clap::Args, Debug)]
+struct ManualArgs {
+    /// Write onair.1 and onair-SUBCOMMAND.1 pages into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+/// `onair manual`: the man pages, generated from this CLI definition so they never drift.
+fn manual(args: &ManualArgs) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .context("writing the man page")
+        }
+    }
+}
+
+/// `onair completions SHELL`: a completion script generated from this CLI definition.
+fn completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "onair", &mut std::io::stdout());
 }
 
 #[derive(clap::Args, Debug)]
@@ -438,13 +490,25 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if cli.version {
+        if cli.verbose {
+            print!("{}", onair::about::version_verbose());
+        } else {
+            println!("{}", onair::about::version_line());
+        }
+        return;
+    }
+    if cli.licenses {
+        // Long text, often piped into `less` or `head`: a closed pipe is not an error.
+        use std::io::Write;
+        let text = onair::about::third_party_notices();
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        return;
+    }
+    if let Some(note) = onair::logging::init() {
+        eprintln!("warning: {note}");
+    }
     let result = (|| -> anyhow::Result<()> {
         let settings = Settings::load(cli.config.as_deref())?;
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -455,6 +519,11 @@ fn main() {
             Some(Command::Probe(args)) => runtime.block_on(probe(args)),
             Some(Command::Devices) => devices(),
             Some(Command::Snapshot(args)) => snapshot(args),
+            Some(Command::Manual(args)) => manual(&args),
+            Some(Command::Completions { shell }) => {
+                completions(shell);
+                Ok(())
+            }
             Some(Command::Gpu) => {
                 print!("{}", onair::video::gpu::report());
                 Ok(())
