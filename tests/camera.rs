@@ -352,3 +352,19 @@ fn live_with_a_missing_camera_streams_the_test_card() {
     let packets = support::ffprobe_packets(&rec, "v:0");
     assert!(packets.len() >= 60, "only {} video packets", packets.len());
 }
+
+#[test]
+fn an_unknown_camera_format_is_a_clear_error() {
+    let out = Command::new(onair())
+        .args(["live", "--camera", "0", "--camera-format", "h264"])
+        .args(["--duration", "1", "--listen", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("sources.camera_format is invalid")
+            && err.contains("use mjpeg, yuyv, nv12, rgb, bgr, rgba or gray"),
+        "{err}"
+    );
+}
