@@ -8,6 +8,8 @@ pub mod clock;
 pub mod config;
 pub mod encode;
 pub mod flv;
+pub mod gui;
+pub mod live_control;
 pub mod logging;
 pub mod media;
 pub mod pipeline;

@@ -529,8 +529,8 @@ fn main() {
                 Ok(())
             }
             None => {
-                eprintln!("The desktop window is not part of this build yet. Start streaming with `onair live` (see `onair --help`).");
-                std::process::exit(2);
+                drop(runtime);
+                onair::gui::run(settings, cli.config.clone())
             }
         }
     })();

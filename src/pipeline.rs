@@ -2,6 +2,7 @@
 //! a bounded packet queue → outputs (RTMP publisher, FLV recorder) on tokio. The CLI, the
 //! future GUI and the tests all go through [`run_live`], so they run the same pipeline.
 
+use crate::audio::meter::{Meter, DEFAULT_WINDOW_MS};
 use crate::audio::AudioChain;
 use crate::capture::microphone::{Microphone, MicrophoneOptions};
 use crate::capture::tone::Tone;
@@ -10,6 +11,7 @@ use crate::clock::MediaClock;
 use crate::config::Settings;
 use crate::encode::{self, AudioEncoder, VideoEncoder};
 use crate::flv::FlvWriter;
+use crate::live_control::LiveHooks;
 use crate::media::VideoFrame;
 use crate::media::{MediaKind, Packet, StreamHeaders};
 use crate::publish::output::{
@@ -52,6 +54,8 @@ pub struct LiveOptions {
     /// Time each publishing stage of every video frame and return the percentiles in
     /// [`LiveReport::stages`].
     pub latency_report: bool,
+    /// What a user interface attaches: preview texture, live settings, meters.
+    pub hooks: LiveHooks,
 }
 
 impl LiveOptions {
@@ -64,6 +68,7 @@ impl LiveOptions {
             connect_timeout: Duration::from_secs(10),
             stamp: settings.qa.stamp,
             latency_report: false,
+            hooks: LiveHooks::default(),
             settings,
         }
     }
@@ -221,15 +226,8 @@ pub async fn run_live(
     });
     let control = Arc::new(EncoderControl::new(s.video.bitrate_kbps));
     let (tx, rx) = mpsc::channel::<Packet>(QUEUE_CAPACITY);
-    let video_source = crate::capture::open_video_source(s, clock, stats.clone())?;
-    let filters = if s.video_filters.active_stages().is_empty() {
-        None
-    } else {
-        let chain = VideoFilterChain::new(&s.video_filters, s.video.width, s.video.height)
-            .context("starting the video filters")?;
-        eprintln!("video filters: {}", chain.status());
-        Some(chain)
-    };
+    let video_source = open_video_source(s, clock, &stats)?;
+    let filters = open_filters(s, &opts.hooks)?;
     let (audio_source, chain) = open_audio_source(s, clock)?;
     let video_thread = spawn_video(
         Box::new(video_source),
@@ -242,9 +240,17 @@ pub async fn run_live(
             fps: s.video.fps,
             stamp: opts.stamp.then_some(anchor),
             stages: stages.clone(),
+            hooks: opts.hooks.clone(),
         },
     );
-    let audio_thread = spawn_audio(audio_source, chain, audio_enc, tx, shared.clone());
+    let audio_thread = spawn_audio(
+        audio_source,
+        chain,
+        Some(audio_enc),
+        tx,
+        shared.clone(),
+        opts.hooks.clone(),
+    );
 
     let started = Instant::now();
     let output = run_output(
@@ -387,6 +393,47 @@ struct VideoExtras {
     /// Stamp frames, with capture times from this anchor.
     stamp: Option<WallAnchor>,
     stages: Option<Arc<StageRecorder>>,
+    /// Preview and live filter settings from a user interface.
+    hooks: LiveHooks,
+}
+
+/// The video source the settings ask for.
+fn open_video_source(
+    s: &Settings,
+    clock: MediaClock,
+    stats: &Arc<Stats>,
+) -> anyhow::Result<Box<dyn VideoSource>> {
+    crate::capture::open_video_source(s, clock, stats.clone())
+}
+
+/// The filter chain, when a filter is on or an interface wants the preview (which is
+/// rendered by the GPU chain even with every filter off).
+fn open_filters(s: &Settings, hooks: &LiveHooks) -> anyhow::Result<Option<VideoFilterChain>> {
+    if s.video_filters.active_stages().is_empty() && hooks.preview.is_none() {
+        return Ok(None);
+    }
+    let mut chain = VideoFilterChain::new(&s.video_filters, s.video.width, s.video.height)
+        .context("starting the video filters")?;
+    eprintln!("video filters: {}", chain.status());
+    if let Some(slot) = &hooks.preview {
+        match chain.enable_preview() {
+            Ok(texture) => slot.set_texture(texture),
+            Err(e) => slot.set_unavailable(format!("{e:#}")),
+        }
+    }
+    Ok(Some(chain))
+}
+
+/// Picks up filter settings posted by an interface, between frames (never waits for it).
+fn apply_filter_updates(filters: &mut Option<VideoFilterChain>, hooks: &LiveHooks, stats: &Stats) {
+    let (Some(chain), Some(mailbox)) = (filters.as_mut(), hooks.filters.as_ref()) else {
+        return;
+    };
+    if let Some(new) = mailbox.try_take() {
+        if let Err(e) = chain.update(&new) {
+            stats.push_event(format!("video filters kept their settings: {e:#}"));
+        }
+    }
 }
 
 fn spawn_video(
@@ -471,6 +518,7 @@ fn spawn_video(
                     Stats::add(&shared.stats.frames_dropped, skipped - skipped_seen);
                     skipped_seen = skipped;
                 }
+                apply_filter_updates(&mut filters, &extras.hooks, &stats);
                 let frames = match filters.as_mut() {
                     Some(f) => match f.push(frame) {
                         Ok(frames) => frames,
@@ -478,6 +526,9 @@ fn spawn_video(
                     },
                     None => vec![frame],
                 };
+                if let Some(slot) = &extras.hooks.preview {
+                    slot.frame_rendered();
+                }
                 for frame in frames {
                     match encode_one(frame, &mut encoder, &mut deliver) {
                         Ok(true) => {}
@@ -559,24 +610,46 @@ fn open_audio_source(
 fn spawn_audio(
     mut source: Box<dyn AudioSource>,
     mut chain: Option<AudioChain>,
-    mut encoder: Box<dyn AudioEncoder>,
+    mut encoder: Option<Box<dyn AudioEncoder>>,
     tx: mpsc::Sender<Packet>,
     shared: Arc<Shared>,
+    hooks: LiveHooks,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("onair-audio".into())
         .spawn(move || {
             let stats = shared.stats.clone();
+            // Meters of what the encoder gets when no chain measures it (the tone).
+            let mut meter = Meter::new(48_000, DEFAULT_WINDOW_MS);
             while !shared.stop.load(Ordering::SeqCst) {
                 let mut block = match source.next_block() {
                     Ok(b) => b,
                     Err(e) => return shared.fail(e.context("audio source failed")),
                 };
+                if let (Some(chain), Some(mailbox)) = (chain.as_mut(), &hooks.audio_chain) {
+                    if let Some(new) = mailbox.try_take() {
+                        if let Err(e) = chain.apply(&new) {
+                            stats.push_event(format!("audio chain kept its settings: {e:#}"));
+                        }
+                    }
+                }
                 if let Some(chain) = chain.as_mut() {
                     if let Err(e) = chain.process_block(&mut block) {
                         return shared.fail(e.context("audio chain failed"));
                     }
                 }
+                if let Some(meters) = &hooks.meters {
+                    match chain.as_ref() {
+                        Some(chain) => meters.publish(&chain.meters().output),
+                        None => {
+                            meter.process(&block.samples, block.channels as usize);
+                            meters.publish(&meter.levels());
+                        }
+                    }
+                }
+                let Some(encoder) = encoder.as_mut() else {
+                    continue;
+                };
                 let packets = match encoder.encode(&block) {
                     Ok(p) => p,
                     Err(e) => return shared.fail(e.context("audio encoder failed")),
@@ -591,4 +664,87 @@ fn spawn_audio(
             }
         })
         .expect("spawning the audio thread")
+}
+
+/// A preview without going live: the sources, filters and audio chain the settings ask for,
+/// running on their own threads and feeding `hooks` (preview texture, meters), with nothing
+/// encoded or sent. The desktop app shows it while offline; stopping it releases the camera
+/// and microphone for the live run.
+pub struct PreviewRun {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PreviewRun {
+    /// Opens the sources and starts the preview.
+    pub fn start(settings: &Settings, hooks: LiveHooks, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let clock = MediaClock::start();
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            stats: stats.clone(),
+            error: Mutex::new(None),
+        });
+        let mut source = open_video_source(settings, clock, &stats)?;
+        let mut filters = open_filters(settings, &hooks)?;
+        let (audio_source, chain) = open_audio_source(settings, clock)?;
+        // Never read: the preview encodes nothing.
+        let (tx, _rx) = mpsc::channel::<Packet>(1);
+        let audio = spawn_audio(audio_source, chain, None, tx, shared.clone(), hooks.clone());
+        let video_shared = shared.clone();
+        let video = std::thread::Builder::new()
+            .name("onair-preview".into())
+            .spawn(move || {
+                let shared = video_shared;
+                while !shared.stop.load(Ordering::SeqCst) {
+                    let frame = match source.next_frame() {
+                        Ok(f) => f,
+                        Err(e) => return shared.fail(e.context("video source failed")),
+                    };
+                    Stats::add(&shared.stats.frames_in, 1);
+                    apply_filter_updates(&mut filters, &hooks, &shared.stats);
+                    if let Some(f) = filters.as_mut() {
+                        if let Err(e) = f.push(frame) {
+                            return shared.fail(e.context("video filters failed"));
+                        }
+                    }
+                    if let Some(slot) = &hooks.preview {
+                        slot.frame_rendered();
+                    }
+                }
+            })
+            .context("starting the preview thread")?;
+        Ok(PreviewRun {
+            shared,
+            threads: vec![video, audio],
+        })
+    }
+
+    /// Why the preview stopped on its own (a source or the filters failed), if it did.
+    pub fn error(&self) -> Option<String> {
+        self.shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|e| format!("{e:#}"))
+    }
+
+    /// Stops the threads and waits for them (the sources are closed when this returns).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PreviewRun {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }

@@ -142,6 +142,20 @@ impl Stats {
         events.push_back(event);
     }
 
+    /// The state, unless a pipeline thread is writing it right now (then None): for an
+    /// interface, which must never wait on the pipeline.
+    pub fn try_state(&self) -> Option<String> {
+        self.state.try_lock().ok().map(|s| s.clone())
+    }
+
+    /// The recent events, unless a pipeline thread is adding one right now (then None).
+    pub fn try_events(&self) -> Option<Vec<String>> {
+        self.events
+            .try_lock()
+            .ok()
+            .map(|e| e.iter().cloned().collect())
+    }
+
     /// A copy of the recent events, oldest first.
     pub fn events(&self) -> Vec<String> {
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());

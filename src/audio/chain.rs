@@ -141,6 +141,8 @@ pub struct AudioChain {
     input_meter: Meter,
     output_meter: Meter,
     bypass: bool,
+    /// The settings the stages were last built from, to rebuild only what changed.
+    settings: AudioChainSettings,
 }
 
 impl AudioChain {
@@ -160,7 +162,43 @@ impl AudioChain {
             input_meter: Meter::new(sample_rate, DEFAULT_WINDOW_MS),
             output_meter: Meter::new(sample_rate, DEFAULT_WINDOW_MS),
             bypass: false,
+            settings: settings.clone(),
         })
+    }
+
+    /// Applies new settings while running (a user moving a slider): only the stages whose
+    /// settings changed are rebuilt, so the others keep their state (gains, noise profile).
+    /// Invalid settings are refused and the chain keeps its current ones.
+    pub fn apply(&mut self, settings: &AudioChainSettings) -> anyhow::Result<()> {
+        settings.validate()?;
+        let rate = self.sample_rate;
+        let old = &self.settings;
+        if old.denoise != settings.denoise {
+            self.denoise = Denoise::new(&settings.denoise, rate);
+        }
+        if old.gate != settings.gate {
+            self.gate = Gate::new(&settings.gate, rate);
+        }
+        if old.eq != settings.eq {
+            self.eq = Equalizer::new(&settings.eq, rate);
+        }
+        if old.agc != settings.agc {
+            self.agc = Agc::new(&settings.agc, rate);
+        }
+        if old.compressor != settings.compressor {
+            self.compressor = Compressor::new(&settings.compressor, rate);
+        }
+        if old.limiter != settings.limiter {
+            self.limiter = Limiter::new(&settings.limiter, rate);
+        }
+        self.order.clone_from(&settings.order);
+        self.settings = settings.clone();
+        Ok(())
+    }
+
+    /// The settings the chain runs with now.
+    pub fn settings(&self) -> &AudioChainSettings {
+        &self.settings
     }
 
     /// Processes a block in place and updates the meters. Fails, leaving the block
@@ -302,6 +340,36 @@ mod tests {
             sample_rate: RATE,
             pts_ms: 0,
         }
+    }
+
+    #[test]
+    fn apply_rebuilds_only_the_changed_stages() {
+        let mut chain = AudioChain::from_settings(&AudioChainSettings::default(), RATE).unwrap();
+        for c in noisy_voice(RATE as usize).chunks(960) {
+            chain.process_block(&mut block(c.to_vec())).unwrap();
+        }
+        let agc_gain = chain.meters().agc_gain_db;
+        assert!(agc_gain.abs() > 0.5, "the AGC moved: {agc_gain}");
+        let mut s = AudioChainSettings::default();
+        s.gate.enabled = false;
+        chain.apply(&s).unwrap();
+        assert!(chain.stage(StageKind::Gate).bypassed());
+        assert_eq!(
+            chain.meters().agc_gain_db,
+            agc_gain,
+            "the AGC kept its state"
+        );
+        s.order = vec![StageKind::Limiter];
+        chain.apply(&s).unwrap();
+        assert_eq!(chain.order(), &[StageKind::Limiter]);
+        let mut bad = s.clone();
+        bad.order = vec![StageKind::Eq, StageKind::Eq];
+        assert!(chain.apply(&bad).is_err());
+        assert_eq!(
+            chain.settings(),
+            &s,
+            "refused settings leave the chain as it was"
+        );
     }
 
     #[test]
