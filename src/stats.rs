@@ -133,6 +133,11 @@ impl Stats {
             .clone()
     }
 
+    /// The video source's description, unless a pipeline thread is writing it right now.
+    pub fn try_video_source(&self) -> Option<String> {
+        self.video_source.try_lock().ok().map(|s| s.clone())
+    }
+
     /// Records an event (bounded history).
     pub fn push_event(&self, event: String) {
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());

@@ -82,7 +82,9 @@ fn step_until(
 
 #[test]
 fn go_live_and_stop_follow_the_real_pipeline() {
-    let (settings, port) = local_settings();
+    let (mut settings, port) = local_settings();
+    // Stamped frames to the embedded relay: the stats show glass-to-glass latency.
+    settings.qa.stamp = true;
     let mut h = harness(settings, options(None));
     h.run_steps(2);
     assert_eq!(h.state().phase(), Phase::Offline);
@@ -116,6 +118,21 @@ fn go_live_and_stop_follow_the_real_pipeline() {
     assert!(codecs.contains(&"h264".to_string()), "{codecs:?}");
     assert!(codecs.contains(&"aac".to_string()), "{codecs:?}");
     assert!(h.state().session().live_for().is_some());
+    step_until(&mut h, 20, "measuring latency", |a| {
+        a.session().latency_ms().is_some()
+    });
+    let latency = h.state().session().latency_ms().unwrap();
+    assert!(
+        (0.0..2000.0).contains(&latency),
+        "glass-to-glass {latency} ms"
+    );
+    let shown = h
+        .query_all(By::new().predicate(|n| {
+            let text = n.value().or(n.label()).unwrap_or_default();
+            text.starts_with("glass-to-glass ") && text.ends_with(" ms")
+        }))
+        .count();
+    assert!(shown > 0, "the stats show the latency");
 
     // Stop asks first; "Keep streaming" keeps the stream.
     h.get_by_label("Stop").click();

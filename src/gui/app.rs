@@ -173,9 +173,12 @@ pub struct OnAirApp {
     events_read: Option<Instant>,
     encoders: Arc<OnceLock<ProbeReport>>,
     microphones: Arc<OnceLock<Vec<String>>>,
+    cameras: Arc<OnceLock<Result<Vec<crate::capture::CameraDevice>, String>>>,
     frame_times: FrameTimes,
     clips_seen: (u64, Option<Instant>),
     show_about: bool,
+    /// Third-party licence notices, read when the About box first shows them.
+    notices: Option<String>,
     problem: Option<String>,
     /// `ONAIR_GUI_STATS`: a JSON file of UI frame times, rewritten every two seconds (for the
     /// smoke test and the frame-time benchmark).
@@ -202,6 +205,7 @@ impl OnAirApp {
         }
         let encoders = Arc::new(OnceLock::new());
         let microphones = Arc::new(OnceLock::new());
+        let cameras = Arc::new(OnceLock::new());
         if options.probe_encoders {
             let slot = encoders.clone();
             let _ = std::thread::Builder::new()
@@ -220,8 +224,15 @@ impl OnAirApp {
                         .unwrap_or_default();
                     let _ = slot.set(names);
                 });
+            let slot = cameras.clone();
+            let _ = std::thread::Builder::new()
+                .name("onair-cameras".into())
+                .spawn(move || {
+                    let _ = slot.set(crate::capture::list_cameras().map_err(|e| format!("{e:#}")));
+                });
         } else {
             let _ = microphones.set(Vec::new());
+            let _ = cameras.set(Ok(Vec::new()));
         }
         let session = Session::new().expect("starting the network runtime");
         let mut app = OnAirApp {
@@ -247,9 +258,11 @@ impl OnAirApp {
             events_read: None,
             encoders,
             microphones,
+            cameras,
             frame_times: FrameTimes::default(),
             clips_seen: (0, None),
             show_about: false,
+            notices: None,
             problem: None,
             stats_file: std::env::var_os(GUI_STATS_ENV).map(|p| (PathBuf::from(p), None)),
             options,
@@ -283,6 +296,12 @@ impl OnAirApp {
     /// The session behind the window (stats, hooks), for tests and the stats panel.
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Whether the filters' preview texture is what the preview area draws (it is once the
+    /// run has rendered into it on the window's own device).
+    pub fn preview_on_screen(&self) -> bool {
+        self.preview.id.is_some() && self.preview.generation == self.session.generation()
     }
 
     /// UI frame times measured so far (CPU time of each frame, ms).
@@ -339,7 +358,9 @@ impl OnAirApp {
             self.events.clear();
             self.events_read = None;
         }
-        self.history.offer(now, self.session.stats().snapshot());
+        let latency = self.session.latency_ms();
+        self.history
+            .offer(now, self.session.stats().snapshot(), latency);
         if self
             .events_read
             .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(500))
@@ -579,11 +600,43 @@ impl OnAirApp {
 
     fn sources_ui(&mut self, ui: &mut egui::Ui, locked: bool) {
         ui.add_enabled_ui(!locked, |ui| {
+            let shown = match self.settings.sources.camera.as_deref() {
+                None | Some("") => "Test card".to_string(),
+                Some(c) => c.to_string(),
+            };
             egui::ComboBox::from_label("Camera")
-                .selected_text("Test card")
+                .selected_text(shown)
                 .show_ui(ui, |ui| {
-                    let _ = ui.selectable_label(true, "Test card");
+                    ui.selectable_value(&mut self.settings.sources.camera, None, "Test card");
+                    match self.cameras.get() {
+                        Some(Ok(cams)) if cams.is_empty() => {
+                            ui.weak("no camera found");
+                        }
+                        Some(Ok(cams)) => {
+                            for cam in cams {
+                                let text = match &cam.error {
+                                    Some(e) => format!("{} (unavailable: {e})", cam.name),
+                                    None => cam.name.clone(),
+                                };
+                                ui.selectable_value(
+                                    &mut self.settings.sources.camera,
+                                    Some(cam.name.clone()),
+                                    text,
+                                );
+                            }
+                        }
+                        Some(Err(e)) => {
+                            ui.weak(format!("cameras cannot be listed: {e}"));
+                        }
+                        None => {
+                            ui.weak("looking for cameras…");
+                        }
+                    }
                 });
+            let source = self.session.stats().try_video_source().unwrap_or_default();
+            if !source.is_empty() {
+                ui.weak(format!("Video from: {source}"));
+            }
             let mic = self.settings.sources.microphone.clone();
             let shown = match mic.as_deref() {
                 None | Some("") => "Tone (test signal)".to_string(),
@@ -917,6 +970,10 @@ impl OnAirApp {
             ui.label(format!("encode {:.1} ms", latest.encode_ms));
             ui.separator();
             ui.label(format!("queue {} ms", snap.queue_ms));
+            if let Some(ms) = self.session.latency_ms() {
+                ui.separator();
+                ui.label(format!("glass-to-glass {ms:.0} ms"));
+            }
             ui.separator();
             ui.label(format!(
                 "dropped: {} capture/encoder, {} network, {} audio",
@@ -968,6 +1025,7 @@ impl OnAirApp {
                 &[
                     ("queue", self.history.series(|s| s.queue_ms)),
                     ("encode", self.history.series(|s| s.encode_ms)),
+                    ("glass-to-glass", self.history.series(|s| s.latency_ms)),
                 ],
             );
             plot(
@@ -1113,15 +1171,33 @@ impl OnAirApp {
             .open(&mut open)
             .collapsible(false)
             .show(ctx, |ui| {
-                ui.heading(format!("OnAir {}", env!("CARGO_PKG_VERSION")));
+                ui.heading(crate::about::version_line());
                 ui.label(env!("CARGO_PKG_DESCRIPTION"));
-                ui.label(format!("Licence: {}", env!("CARGO_PKG_LICENSE")));
+                ui.label(format!(
+                    "Licence: {} (AAC: {})",
+                    env!("CARGO_PKG_LICENSE"),
+                    crate::about::aac_encoder()
+                ));
+                match crate::about::log_dir() {
+                    Some(dir) => ui.label(format!("Logs: {}", dir.display())),
+                    None => ui.label("Logs: standard error only"),
+                };
                 if let Ok(gpu) = crate::video::gpu::GpuContext::shared() {
                     ui.label(format!("GPU: {}", gpu.describe()));
                 }
                 if let Some(path) = &self.options.settings_path {
                     ui.label(format!("Settings: {}", path.display()));
                 }
+                ui.collapsing("Third-party licences", |ui| {
+                    egui::ScrollArea::vertical()
+                        .max_height(300.0)
+                        .show(ui, |ui| {
+                            let notices = self
+                                .notices
+                                .get_or_insert_with(crate::about::third_party_notices);
+                            ui.monospace(notices.as_str());
+                        });
+                });
             });
         self.show_about = open;
     }

@@ -34,6 +34,8 @@ pub struct Sample {
     pub dropped_network: f64,
     /// Audio frames dropped in this interval.
     pub dropped_audio: f64,
+    /// Glass-to-glass latency, ms (NaN when not measured).
+    pub latency_ms: f64,
 }
 
 /// A bounded series of samples.
@@ -62,7 +64,7 @@ impl History {
 
     /// Offers the counters read at `now`; a sample is added once per [`SAMPLE_EVERY`].
     /// Returns whether one was added.
-    pub fn offer(&mut self, now: Instant, snap: Snapshot) -> bool {
+    pub fn offer(&mut self, now: Instant, snap: Snapshot, latency_ms: Option<f64>) -> bool {
         let Some((at, prev)) = self.last else {
             self.last = Some((now, snap));
             return false;
@@ -91,6 +93,7 @@ impl History {
                 snap.audio_dropped + snap.queue_audio_drops,
                 prev.audio_dropped + prev.queue_audio_drops,
             ),
+            latency_ms: latency_ms.unwrap_or(f64::NAN),
         };
         if self.samples.len() == HISTORY_LEN {
             self.samples.pop_front();
@@ -110,9 +113,13 @@ impl History {
         self.samples.back()
     }
 
-    /// `(t, value)` points of one field, for a plot line.
+    /// `(t, value)` points of one field, for a plot line (unmeasured values left out).
     pub fn series(&self, field: impl Fn(&Sample) -> f64) -> Vec<[f64; 2]> {
-        self.samples.iter().map(|s| [s.t, field(s)]).collect()
+        self.samples
+            .iter()
+            .map(|s| [s.t, field(s)])
+            .filter(|p| p[1].is_finite())
+            .collect()
     }
 
     /// Number of samples held.
@@ -134,7 +141,7 @@ mod tests {
     fn rates_come_from_counter_differences() {
         let t0 = Instant::now();
         let mut h = History::new(t0);
-        assert!(!h.offer(t0, Snapshot::default()));
+        assert!(!h.offer(t0, Snapshot::default(), None));
         let snap = Snapshot {
             frames_in: 30,
             frames_sent: 28,
@@ -147,8 +154,8 @@ mod tests {
             queue_video_drops: 1,
             ..Snapshot::default()
         };
-        assert!(!h.offer(t0 + Duration::from_millis(500), snap));
-        assert!(h.offer(t0 + Duration::from_secs(1), snap));
+        assert!(!h.offer(t0 + Duration::from_millis(500), snap, None));
+        assert!(h.offer(t0 + Duration::from_secs(1), snap, Some(12.5)));
         let s = *h.latest().unwrap();
         assert_eq!(s.fps_in, 30.0);
         assert_eq!(s.fps_out, 28.0);
@@ -157,6 +164,7 @@ mod tests {
         assert_eq!(s.dropped_capture, 1.0);
         assert_eq!(s.dropped_network, 1.0);
         assert_eq!(h.series(|s| s.queue_ms), vec![[1.0, 40.0]]);
+        assert_eq!(h.series(|s| s.latency_ms), vec![[1.0, 12.5]]);
     }
 
     #[test]
@@ -164,7 +172,7 @@ mod tests {
         let t0 = Instant::now();
         let mut h = History::new(t0);
         for i in 0..(HISTORY_LEN as u64 + 50) {
-            h.offer(t0 + Duration::from_secs(i), Snapshot::default());
+            h.offer(t0 + Duration::from_secs(i), Snapshot::default(), None);
         }
         assert_eq!(h.len(), HISTORY_LEN);
         assert_eq!(h.samples().next().unwrap().t, 50.0);

@@ -6,6 +6,7 @@
 use crate::config::Settings;
 use crate::live_control::LiveHooks;
 use crate::pipeline::{run_live, LiveOptions, LiveReport, PreviewRun, LOCAL_STREAM_KEY};
+use crate::qa::probe::{run_probe, LatencyGauge, ProbeOptions, ProbeSource};
 use crate::stats::Stats;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,7 +147,13 @@ pub struct Session {
     last_report: Option<LiveReport>,
     /// Bumped whenever a new run (preview or live) starts: new stats and preview texture.
     generation: u64,
+    /// Glass-to-glass latency measured by a probe reading the embedded relay (stamp on).
+    latency: Option<Arc<LatencyGauge>>,
 }
+
+/// The in-process latency probe reads the relay in segments this long, so its per-frame
+/// records stay bounded however long the stream runs.
+const PROBE_SEGMENT: Duration = Duration::from_secs(300);
 
 impl Session {
     /// A controller with its own tokio runtime (two workers: the output and the relay).
@@ -167,6 +174,7 @@ impl Session {
             preview_error: None,
             last_report: None,
             generation: 0,
+            latency: None,
         })
     }
 
@@ -222,6 +230,14 @@ impl Session {
         opts.hooks = self.hooks.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let stats = self.stats.clone();
+        self.latency = None;
+        if opts.stamp && settings.destination.url.as_deref().unwrap_or("").is_empty() {
+            let gauge = Arc::new(LatencyGauge::default());
+            self.latency = Some(gauge.clone());
+            let url = local_watch_url(settings);
+            self.runtime
+                .spawn(measure_latency(url, gauge, stop_rx.clone()));
+        }
         let handle = self
             .runtime
             .spawn(async move { run_live(opts, stats, stop_rx).await });
@@ -310,6 +326,12 @@ impl Session {
         &self.hooks
     }
 
+    /// The latest glass-to-glass latency (ms), when streaming stamped frames to the
+    /// embedded relay.
+    pub fn latency_ms(&self) -> Option<f64> {
+        self.latency.as_ref().and_then(|g| g.last_ms())
+    }
+
     /// Changes whenever a new run starts (the window re-reads the preview texture).
     pub fn generation(&self) -> u64 {
         self.generation
@@ -336,6 +358,27 @@ impl Drop for Session {
                 .block_on(async { tokio::time::timeout(Duration::from_secs(5), run.handle).await });
         }
         self.stop_preview();
+    }
+}
+
+/// Reads the embedded relay like a viewer would, decoding every frame and reading its stamp,
+/// until the live run stops. Retries while the stream is not there yet.
+async fn measure_latency(url: String, gauge: Arc<LatencyGauge>, mut stop: watch::Receiver<bool>) {
+    let Ok(source) = ProbeSource::parse(&url) else {
+        return;
+    };
+    while !*stop.borrow() {
+        let mut opts = ProbeOptions::new(source.clone());
+        opts.status_every = None;
+        opts.duration = Some(PROBE_SEGMENT);
+        opts.gauge = Some(gauge.clone());
+        if let Err(e) = run_probe(&opts, stop.clone()).await {
+            tracing::debug!("latency probe: {e:#}");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
+            }
+        }
     }
 }
 

@@ -776,6 +776,36 @@ pub struct ProbeOptions {
     pub csv: Option<PathBuf>,
     /// Draw latency over time into this PNG.
     pub plot: Option<PathBuf>,
+    /// Publish each frame's latency here as it is measured (the desktop app's stats graph).
+    pub gauge: Option<std::sync::Arc<LatencyGauge>>,
+}
+
+/// The latest measured glass-to-glass latency, readable from another thread without locks.
+#[derive(Debug, Default)]
+pub struct LatencyGauge {
+    last_ms_bits: std::sync::atomic::AtomicU64,
+    frames: std::sync::atomic::AtomicU64,
+}
+
+impl LatencyGauge {
+    /// Records one frame's latency.
+    pub fn record(&self, ms: f64) {
+        use std::sync::atomic::Ordering;
+        self.last_ms_bits.store(ms.to_bits(), Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The latest latency in ms, once a frame was measured.
+    pub fn last_ms(&self) -> Option<f64> {
+        use std::sync::atomic::Ordering;
+        (self.frames.load(Ordering::Relaxed) > 0)
+            .then(|| f64::from_bits(self.last_ms_bits.load(Ordering::Relaxed)))
+    }
+
+    /// Frames measured so far.
+    pub fn frames(&self) -> u64 {
+        self.frames.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl ProbeOptions {
@@ -790,6 +820,7 @@ impl ProbeOptions {
             status_every: Some(Duration::from_secs(1)),
             csv: None,
             plot: None,
+            gauge: None,
         }
     }
 }
@@ -1150,6 +1181,9 @@ pub async fn run_probe(
             };
             if let Some(w) = csv.as_mut() {
                 write_csv_row(w, &record)?;
+            }
+            if let (Some(g), Some(l), false) = (&opts.gauge, record.latency_ms, record.warmup) {
+                g.record(l);
             }
             tracker.push(record);
             if opts
