@@ -262,7 +262,122 @@ pub fn open_audio(settings: &AudioEncoderSettings) -> anyhow::Result<Box<dyn Aud
     }
 }
 
-/// Presentation time in ms of the `n`th AAC frame of `frame_len` samples.
-pub(crate) fn aac_frame_pts(n: u64, frame_len: u32, sample_rate: u32) -> i64 {
-    crate::clock::audio_pts_ms(n * frame_len as u64, sample_rate)
+/// Stamps an AAC encoder's output with the time of the first sample each packet decodes to.
+///
+/// An AAC encoder delays its input by `delay` samples (MDCT overlap and look-ahead): a decoder
+/// fed its packets from the start outputs that much silence first. FLV cannot signal the delay,
+/// so stamping packet `k` with `k × frame_len` would make the sound late by `delay`. Instead
+/// packet `k` gets `k × frame_len − delay`, and the leading packets that would start before
+/// the stream (negative time: priming only, or straddling sample 0) are dropped, so timestamps
+/// start at 0 and stay monotonic. The sample count still drives the time, as in
+/// [`crate::clock::audio_pts_ms`].
+#[derive(Clone, Debug)]
+pub(crate) struct AacTimeline {
+    delay: u64,
+    frame_len: u64,
+    sample_rate: u32,
+    packets_out: u64,
+}
+
+impl AacTimeline {
+    /// A timeline for an encoder with `delay` samples of priming and `frame_len`-sample frames.
+    pub(crate) fn new(delay: u64, frame_len: u32, sample_rate: u32) -> Self {
+        AacTimeline {
+            delay,
+            frame_len: frame_len as u64,
+            sample_rate,
+            packets_out: 0,
+        }
+    }
+
+    /// The pts in ms of the encoder's next output packet, or None when that packet starts
+    /// before the stream's first sample and must be dropped.
+    pub(crate) fn next_pts(&mut self) -> Option<i64> {
+        let start = self.packets_out * self.frame_len;
+        self.packets_out += 1;
+        let first_sample = start.checked_sub(self.delay)?;
+        Some(crate::clock::audio_pts_ms(first_sample, self.sample_rate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aac_timeline_drops_priming_and_starts_at_zero() {
+        let mut t = AacTimeline::new(2048, 1024, 48_000);
+        let pts: Vec<_> = (0..5).map(|_| t.next_pts()).collect();
+        assert_eq!(pts, [None, None, Some(0), Some(21), Some(42)]);
+    }
+
+    #[test]
+    fn aac_timeline_drops_a_packet_straddling_the_first_sample() {
+        // 1600 samples of delay: packet 1 holds 576 priming and 448 real samples.
+        let mut t = AacTimeline::new(1600, 1024, 48_000);
+        let pts: Vec<_> = (0..4).map(|_| t.next_pts()).collect();
+        assert_eq!(pts, [None, None, Some(9), Some(30)]);
+    }
+
+    #[test]
+    fn aac_timeline_without_delay_counts_from_zero() {
+        let mut t = AacTimeline::new(0, 1024, 44_100);
+        assert_eq!(t.next_pts(), Some(0));
+        assert_eq!(t.next_pts(), Some(23));
+    }
+}
+
+/// Shared checks for the AAC encoders' tests: where a sound put in at a known time comes out.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::AudioEncoder;
+    use crate::media::AudioBlock;
+
+    /// Encodes silence with a 1 kHz, 100 ms beep starting at input sample `onset_sample`
+    /// (48 kHz stereo, blocks of 1024), decodes every packet with FFmpeg's AAC decoder from
+    /// the first one the encoder kept, places each packet's samples at its pts, and returns
+    /// the time in ms at which the beep is heard. Also checks the timestamps start at 0 and
+    /// rise by one AAC frame per packet.
+    pub(crate) fn onset_ms(enc: &mut dyn AudioEncoder, onset_sample: u64) -> f64 {
+        let rate = 48_000u64;
+        let mut packets = Vec::new();
+        for b in 0..48u64 {
+            let mut samples = Vec::with_capacity(2048);
+            for i in 0..1024u64 {
+                let n = b * 1024 + i;
+                let v = if n >= onset_sample && n < onset_sample + rate / 10 {
+                    let t = (n - onset_sample) as f64 / rate as f64;
+                    (std::f64::consts::TAU * 1000.0 * t).sin() as f32 * 0.5
+                } else {
+                    0.0
+                };
+                samples.extend([v, v]);
+            }
+            let block = AudioBlock {
+                samples,
+                channels: 2,
+                sample_rate: rate as u32,
+                pts_ms: crate::clock::audio_pts_ms(b * 1024, rate as u32),
+            };
+            packets.extend(enc.encode(&block).unwrap());
+        }
+        assert!(packets.len() > 40, "only {} packets", packets.len());
+        assert_eq!(
+            packets[0].pts_ms, 0,
+            "the first packet kept starts the stream"
+        );
+        for w in packets.windows(2) {
+            let step = w[1].pts_ms - w[0].pts_ms;
+            assert!((21..=22).contains(&step), "pts step {step} ms");
+            assert_eq!(w[1].dts_ms, w[1].pts_ms);
+        }
+        let mut decoder = crate::qa::probe::AacDecoder::new(&enc.header().asc).unwrap();
+        for p in &packets {
+            let samples = decoder.decode(&p.data, p.pts_ms).unwrap();
+            if let Some(i) = samples.iter().position(|v| v.abs() >= 0.1) {
+                return p.pts_ms as f64 + i as f64 * 1000.0 / rate as f64;
+            }
+        }
+        panic!("the beep was not heard in {} packets", packets.len());
+    }
 }
