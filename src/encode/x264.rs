@@ -29,7 +29,8 @@ pub struct X264Encoder {
 // The x264 handle is only used from the thread that owns the encoder.
 unsafe impl Send for X264Encoder {}
 
-const PRESETS: [&str; 10] = [
+/// x264 presets, fastest first (the values `video.preset` accepts).
+pub const PRESETS: [&str; 10] = [
     "ultrafast",
     "superfast",
     "veryfast",

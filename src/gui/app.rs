@@ -32,17 +32,42 @@ const SIZES: [(u32, u32); 4] = [(640, 360), (854, 480), (1280, 720), (1920, 1080
 /// Frame rates offered.
 const RATES: [u32; 5] = [24, 25, 30, 50, 60];
 
-/// x264 presets, fastest first.
-const PRESETS: [&str; 9] = [
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
+/// A field of a stats sample, for one line of a graph.
+type Field = fn(&super::history::Sample) -> f64;
+
+/// One stats graph: title, unit, and the named lines drawn in it.
+type Graph = (&'static str, &'static str, &'static [(&'static str, Field)]);
+
+/// The stats graphs.
+const GRAPHS: [Graph; 4] = [
+    (
+        "bitrate",
+        "kbps",
+        &[("sent", |s| s.video_kbps), ("target", |s| s.target_kbps)],
+    ),
+    (
+        "fps",
+        "fps",
+        &[("in", |s| s.fps_in), ("out", |s| s.fps_out)],
+    ),
+    (
+        "delay",
+        "ms",
+        &[
+            ("queue", |s| s.queue_ms),
+            ("encode", |s| s.encode_ms),
+            ("glass-to-glass", |s| s.latency_ms),
+        ],
+    ),
+    (
+        "drops",
+        "frames/s",
+        &[
+            ("capture", |s| s.dropped_capture),
+            ("network", |s| s.dropped_network),
+            ("audio", |s| s.dropped_audio),
+        ],
+    ),
 ];
 
 /// One-click encoder settings: name, width, height, fps, kbit/s.
@@ -180,6 +205,8 @@ pub struct OnAirApp {
     /// Third-party licence notices, read when the About box first shows them.
     notices: Option<String>,
     problem: Option<String>,
+    /// The window renders on a CPU rasteriser (lavapipe, WARP): paint less often.
+    software_gpu: bool,
     /// `ONAIR_GUI_STATS`: a JSON file of UI frame times, rewritten every two seconds (for the
     /// smoke test and the frame-time benchmark).
     stats_file: Option<(PathBuf, Option<Instant>)>,
@@ -235,6 +262,9 @@ impl OnAirApp {
             let _ = cameras.set(Ok(Vec::new()));
         }
         let session = Session::new().expect("starting the network runtime");
+        let software_gpu = render_state
+            .as_ref()
+            .is_some_and(|rs| rs.adapter.get_info().device_type == wgpu::DeviceType::Cpu);
         let mut app = OnAirApp {
             form: DestinationForm::from_settings(&settings),
             saved: settings.clone(),
@@ -265,6 +295,7 @@ impl OnAirApp {
             notices: None,
             problem: None,
             stats_file: std::env::var_os(GUI_STATS_ENV).map(|p| (PathBuf::from(p), None)),
+            software_gpu,
             options,
         };
         if app.options.preview_when_offline {
@@ -396,8 +427,14 @@ impl OnAirApp {
         }
         self.sync_preview_texture();
         self.write_stats_file(now);
-        // The preview and meters move at the video rate; the UI follows them.
-        ctx.request_repaint_after(Duration::from_millis(33));
+        // The preview and meters move at the video rate; the UI follows them. On a software
+        // rasteriser (no GPU) every window frame costs the encoder CPU, so the window paints
+        // at half the rate there.
+        ctx.request_repaint_after(if self.software_gpu {
+            Duration::from_millis(66)
+        } else {
+            Duration::from_millis(33)
+        });
     }
 
     fn write_stats_file(&mut self, now: Instant) {
@@ -418,6 +455,9 @@ impl OnAirApp {
             "preview_frames": self.session.hooks().preview.as_ref().map(|p| p.frames()),
             "preview_shown": self.preview.id.is_some(),
             "live_secs": self.session.live_for().map(|d| d.as_secs_f64()),
+            "stream_fps_out": self.history.latest().map(|s| s.fps_out),
+            "frames_dropped": self.session.stats().snapshot().frames_dropped,
+            "ui_repaint_ms": if self.software_gpu { 66 } else { 33 },
         });
         let _ = std::fs::write(path, report.to_string());
     }
@@ -925,7 +965,7 @@ impl OnAirApp {
             egui::ComboBox::from_label("Preset")
                 .selected_text(v.preset.clone())
                 .show_ui(ui, |ui| {
-                    for p in PRESETS {
+                    for p in crate::encode::x264::PRESETS {
                         ui.selectable_value(&mut v.preset, p.to_string(), p);
                     }
                 });
@@ -996,49 +1036,14 @@ impl OnAirApp {
             ));
         });
         let plot_height = ((ui.available_height() - 90.0) / 1.0).clamp(60.0, 140.0);
-        ui.columns(4, |cols| {
-            plot(
-                &mut cols[0],
-                "bitrate",
-                "kbps",
-                plot_height,
-                &[
-                    ("sent", self.history.series(|s| s.video_kbps)),
-                    ("target", self.history.series(|s| s.target_kbps)),
-                ],
-            );
-            plot(
-                &mut cols[1],
-                "fps",
-                "fps",
-                plot_height,
-                &[
-                    ("in", self.history.series(|s| s.fps_in)),
-                    ("out", self.history.series(|s| s.fps_out)),
-                ],
-            );
-            plot(
-                &mut cols[2],
-                "delay",
-                "ms",
-                plot_height,
-                &[
-                    ("queue", self.history.series(|s| s.queue_ms)),
-                    ("encode", self.history.series(|s| s.encode_ms)),
-                    ("glass-to-glass", self.history.series(|s| s.latency_ms)),
-                ],
-            );
-            plot(
-                &mut cols[3],
-                "drops",
-                "frames/s",
-                plot_height,
-                &[
-                    ("capture", self.history.series(|s| s.dropped_capture)),
-                    ("network", self.history.series(|s| s.dropped_network)),
-                    ("audio", self.history.series(|s| s.dropped_audio)),
-                ],
-            );
+        ui.columns(GRAPHS.len(), |cols| {
+            for (col, (title, unit, lines)) in cols.iter_mut().zip(GRAPHS) {
+                let series: Vec<_> = lines
+                    .iter()
+                    .map(|(name, field)| (*name, self.history.series(field)))
+                    .collect();
+                plot(col, title, unit, plot_height, &series);
+            }
         });
         ui.label("Log");
         egui::ScrollArea::vertical()
