@@ -1,6 +1,6 @@
 //! Builds the live graph from Settings and runs it: sources → encoders (one thread each) →
 //! a bounded packet queue → outputs (RTMP publisher, FLV recorder) on tokio. The CLI, the
-//! future GUI and the tests all go through [`run_live`], so they run the same pipeline.
+//! desktop app and the tests all go through [`run_live`], so they run the same pipeline.
 
 use crate::audio::meter::{Meter, DEFAULT_WINDOW_MS};
 use crate::audio::AudioChain;

@@ -1,5 +1,6 @@
-//! Live counters shared by every stage and read by the CLI status line (and later the GUI):
-//! plain atomics, so writers never block and readers never lock.
+//! Live counters shared by every stage and read by the CLI status line and the desktop app:
+//! the counters are plain atomics, so writers never block; the state words and events sit behind
+//! short locks that the window only ever `try_lock`s.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
