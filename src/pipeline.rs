@@ -424,6 +424,51 @@ fn open_filters(s: &Settings, hooks: &LiveHooks) -> anyhow::Result<Option<VideoF
     Ok(Some(chain))
 }
 
+/// How frames reach the preview when no filter changes them: only the preview needs the GPU
+/// then, and on a software rasteriser (no GPU: the CPU does that work beside the encoder)
+/// only every other frame is shown; the others go straight to the encoder.
+struct PreviewOnly {
+    /// Show every n-th frame (1: all).
+    stride: u64,
+    count: u64,
+    /// Whether the last frame was drawn into the preview.
+    rendered: bool,
+}
+
+impl PreviewOnly {
+    fn new(chain: Option<&VideoFilterChain>) -> Self {
+        let software = chain.is_some_and(|c| c.preview_texture().is_some())
+            && crate::video::gpu::GpuContext::shared().is_ok_and(|g| g.is_software());
+        PreviewOnly {
+            stride: if software { 2 } else { 1 },
+            count: 0,
+            rendered: false,
+        }
+    }
+}
+
+/// Runs one frame through the filter chain, or, when no filter is on and the preview may skip
+/// frames, draws every n-th frame into the preview and passes the frame on unchanged.
+fn preview_or_filter(
+    chain: &mut VideoFilterChain,
+    mut frame: VideoFrame,
+    preview: &mut PreviewOnly,
+) -> anyhow::Result<Vec<VideoFrame>> {
+    preview.rendered = true;
+    if chain.is_active() || preview.stride == 1 {
+        return chain.push(frame);
+    }
+    // Frames still in flight from when a filter was on come out first, in order.
+    let mut out = chain.flush()?;
+    preview.count += 1;
+    preview.rendered = preview.count % preview.stride == 0;
+    if preview.rendered {
+        chain.process(&mut frame)?;
+    }
+    out.push(frame);
+    Ok(out)
+}
+
 /// Picks up filter settings posted by an interface, between frames (never waits for it).
 fn apply_filter_updates(filters: &mut Option<VideoFilterChain>, hooks: &LiveHooks, stats: &Stats) {
     let (Some(chain), Some(mailbox)) = (filters.as_mut(), hooks.filters.as_ref()) else {
@@ -469,6 +514,7 @@ fn spawn_video(
                 true
             };
             let mut filters = extras.filters;
+            let mut preview_only = PreviewOnly::new(filters.as_ref());
             let mut budget_checked = Instant::now();
             // Stamp, encode and deliver one (filtered) frame; false when the output is gone.
             let mut encode_one =
@@ -520,14 +566,16 @@ fn spawn_video(
                 }
                 apply_filter_updates(&mut filters, &extras.hooks, &stats);
                 let frames = match filters.as_mut() {
-                    Some(f) => match f.push(frame) {
+                    Some(f) => match preview_or_filter(f, frame, &mut preview_only) {
                         Ok(frames) => frames,
                         Err(e) => return shared.fail(e.context("video filters failed")),
                     },
                     None => vec![frame],
                 };
                 if let Some(slot) = &extras.hooks.preview {
-                    slot.frame_rendered();
+                    if preview_only.rendered {
+                        slot.frame_rendered();
+                    }
                 }
                 for frame in frames {
                     match encode_one(frame, &mut encoder, &mut deliver) {
