@@ -461,7 +461,7 @@ fn preview_or_filter(
     // Frames still in flight from when a filter was on come out first, in order.
     let mut out = chain.flush()?;
     preview.count += 1;
-    preview.rendered = preview.count % preview.stride == 0;
+    preview.rendered = preview.count.is_multiple_of(preview.stride);
     if preview.rendered {
         chain.process(&mut frame)?;
     }
