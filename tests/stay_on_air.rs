@@ -151,10 +151,12 @@ fn throttled_link_adapts_then_recovers_without_dropping_the_connection() {
     );
     assert!(!log.contains("connection lost"), "disconnected:\n{log}");
 
-    // (2) limit lifted: back to the configured bitrate within 60 s, only going up
+    // (2) limit lifted: back to the configured bitrate, only going up. Within 60 s unless a
+    // probe failed just before the lift: then the controller first waits out its doubled
+    // back-off (20 s) and climbs ×1.2 per 5 s from lower down, about 65 s. Bound: 90 s.
     proxy.throttle_kbps(0);
     let lifted_at = clock.at(Instant::now());
-    wait_for_log(&mut live, "→ 1000 kbps", Duration::from_secs(62));
+    wait_for_log(&mut live, "→ 1000 kbps", Duration::from_secs(92));
     let log = live.stderr_string();
     let evs = events(&log);
     let back = evs
@@ -162,7 +164,7 @@ fn throttled_link_adapts_then_recovers_without_dropping_the_connection() {
         .find(|(t, m)| *t >= lifted_at && m.contains("→ 1000 kbps"))
         .unwrap_or_else(|| panic!("never back at 1000 kbps:\n{log}"));
     assert!(
-        back.0 - lifted_at <= 60.0,
+        back.0 - lifted_at <= 90.0,
         "recovered after {:.1} s",
         back.0 - lifted_at
     );
