@@ -5,6 +5,7 @@
 //! 200 ms by FFmpeg is reported 200 ms off.
 
 mod support;
+use support::{n, probe};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,30 +26,6 @@ const EXPECTED_OFFSET_MS: f64 = 0.0;
 /// packets from the sample count without taking the priming off (+21.3 ms with FFmpeg's AAC,
 /// +42.7 ms with fdk-aac) fails, while the flash frame's pacing under load has room.
 const MEDIAN_TOLERANCE_MS: f64 = AAC_FRAME_MS / 2.0;
-
-fn probe(args: &[&str], timeout: Duration) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("summary.json");
-    let mut child = ChildGuard::spawn(
-        Command::new(onair())
-            .arg("probe")
-            .args(args)
-            .args(["--json", "--quiet"])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::piped()),
-    );
-    let status = child.wait_timeout(timeout).expect("onair probe hung");
-    let log = child.stderr_string();
-    assert!(status.success(), "onair probe {args:?} failed:\n{log}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{text}\n{log}"))
-}
-
-fn n(v: &serde_json::Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} missing in {v:#}"))
-}
 
 /// Remuxes `input` with its audio delayed by `secs` (FFmpeg's `-itsoffset`).
 fn shift_audio(input: &Path, output: &Path, secs: &str) {

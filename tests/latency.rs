@@ -3,6 +3,7 @@
 //! reads recordings with and without the SEI.
 
 mod support;
+use support::{n, probe};
 
 use onair::capture::test_card::TestCard;
 use onair::clock::MediaClock;
@@ -159,31 +160,6 @@ fn stamp_survives_720p_at_500_kbps_scaled_to_360p() {
 // ---------------------------------------------------------------------------------------
 // End to end
 // ---------------------------------------------------------------------------------------
-
-/// Runs `onair probe` with `args` and `--json --quiet`; returns the parsed summary.
-fn probe(args: &[&str], timeout: Duration) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("summary.json");
-    let mut child = ChildGuard::spawn(
-        Command::new(onair())
-            .arg("probe")
-            .args(args)
-            .args(["--json", "--quiet"])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::piped()),
-    );
-    let status = child.wait_timeout(timeout).expect("onair probe hung");
-    let log = child.stderr_string();
-    assert!(status.success(), "onair probe {args:?} failed:\n{log}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{text}\n{log}"))
-}
-
-fn n(v: &serde_json::Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} missing in {v:#}"))
-}
 
 /// Starts `onair live --stamp` (640x360) for `secs` seconds with the extra `args`.
 fn stamped_live(secs: u32, args: &[&str]) -> ChildGuard {

@@ -254,3 +254,29 @@ impl Nginx {
         })
     }
 }
+
+/// Runs `onair probe` with `args` and `--json --quiet`; returns the parsed summary.
+pub fn probe(args: &[&str], timeout: Duration) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("summary.json");
+    let mut child = ChildGuard::spawn(
+        Command::new(onair())
+            .arg("probe")
+            .args(args)
+            .args(["--json", "--quiet"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::piped()),
+    );
+    let status = child.wait_timeout(timeout).expect("onair probe hung");
+    let log = child.stderr_string();
+    assert!(status.success(), "onair probe {args:?} failed:\n{log}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{text}\n{log}"))
+}
+
+/// The number at `key` of a probe summary (fails naming the key when it is missing).
+pub fn n(v: &serde_json::Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v:#}"))
+}
