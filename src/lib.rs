@@ -16,5 +16,6 @@ pub mod pipeline;
 pub mod publish;
 pub mod qa;
 pub mod relay;
+pub mod signals;
 pub mod stats;
 pub mod video;

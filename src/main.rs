@@ -201,19 +201,15 @@ struct ProbeArgs {
 async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     use onair::qa::probe::{run_probe, summary_text, ProbeOptions, ProbeSource};
     let mut opts = ProbeOptions::new(ProbeSource::parse(&args.url)?);
-    if let Some(d) = args.duration {
-        anyhow::ensure!(
-            d > 0.0 && d.is_finite(),
-            "--duration {d} is invalid: give a positive number of seconds"
-        );
-        opts.duration = Some(Duration::from_secs_f64(d));
-    }
-    anyhow::ensure!(
-        args.warmup >= 0.0 && args.warmup.is_finite(),
-        "--warmup {} is invalid: give seconds, 0 or more",
-        args.warmup
-    );
-    opts.warmup = Duration::from_secs_f64(args.warmup);
+    opts.duration = args
+        .duration
+        .map(|d| seconds("--duration", d))
+        .transpose()?;
+    opts.warmup = if args.warmup == 0.0 {
+        Duration::ZERO
+    } else {
+        seconds("--warmup", args.warmup)?
+    };
     opts.frames = args.frames;
     opts.csv = args.csv;
     opts.plot = args.plot;
@@ -221,7 +217,7 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
         opts.status_every = None;
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(stop_on_ctrl_c(tx));
+    tokio::spawn(stop_on_signal(tx));
     let summary = run_probe(&opts, rx).await?;
     eprint!("{}", summary_text(&summary));
     if args.json {
@@ -305,32 +301,45 @@ fn apply_live_args(settings: &mut Settings, args: &LiveArgs) -> anyhow::Result<(
     settings.validate()
 }
 
-async fn stop_on_ctrl_c(tx: tokio::sync::watch::Sender<bool>) {
-    if tokio::signal::ctrl_c().await.is_ok() {
-        eprintln!("stopping…");
-        let _ = tx.send(true);
-    }
+/// The longest `--duration` (or `--warmup`) accepted: ten years, far from any timer overflow.
+const MAX_SECONDS: f64 = 10.0 * 365.0 * 86_400.0;
+
+/// A positive, finite number of seconds no timer overflows on, or an error naming `flag`.
+fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        secs > 0.0 && secs <= MAX_SECONDS,
+        "{flag} {secs} is invalid: give a positive number of seconds, at most {MAX_SECONDS}"
+    );
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Turns Ctrl-C, SIGTERM or SIGHUP into a clean stop; a second one quits at once.
+async fn stop_on_signal(tx: tokio::sync::watch::Sender<bool>) {
+    let what = onair::signals::stop_requested().await;
+    eprintln!("stopping ({what}); press Ctrl-C again to quit at once…");
+    let _ = tx.send(true);
+    let again = onair::signals::stop_requested().await;
+    eprintln!("quitting at once ({again}): the recording may be incomplete");
+    std::process::exit(130);
 }
 
 async fn live(settings: Settings, args: LiveArgs) -> anyhow::Result<()> {
     let mut settings = settings;
     apply_live_args(&mut settings, &args)?;
     resolve_encoder(&mut settings)?;
-    if let Some(d) = args.duration {
-        anyhow::ensure!(
-            d > 0.0 && d.is_finite(),
-            "--duration {d} is invalid: give a positive number of seconds"
-        );
-    }
+    let duration = args
+        .duration
+        .map(|d| seconds("--duration", d))
+        .transpose()?;
     let mut opts = LiveOptions::new(settings);
-    opts.duration = args.duration.map(Duration::from_secs_f64);
+    opts.duration = duration;
     opts.record = args.record.clone();
     opts.latency_report = args.latency_report;
     if args.quiet {
         opts.status_every = None;
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(stop_on_ctrl_c(tx));
+    tokio::spawn(stop_on_signal(tx));
     let report = run_live(opts, Arc::new(Stats::default()), rx).await?;
     eprintln!(
         "stopped after {:.1} s: {} video frames and {} audio frames sent, {} video / {} audio dropped, {} bytes, {} reconnects",

@@ -14,9 +14,7 @@ use crate::flv::FlvWriter;
 use crate::live_control::LiveHooks;
 use crate::media::VideoFrame;
 use crate::media::{MediaKind, Packet, StreamHeaders};
-use crate::publish::output::{
-    connect_first, run_output, EncoderControl, OutputConfig, WrittenHook,
-};
+use crate::publish::output::{run_output, EncoderControl, OutputConfig, WrittenHook};
 use crate::publish::url::RtmpUrl;
 use crate::qa::stamp::{self, Stage, StageRecorder, StageReport, WallAnchor};
 use crate::relay::{start_relay, RelayConfig, RelayHandle};
@@ -146,6 +144,31 @@ impl Shared {
     }
 }
 
+/// Starts a pipeline thread named `onair-NAME`. A panic in it becomes the run's error (every
+/// thread stops, the run ends with a message and a non-zero exit) instead of a silently
+/// missing video or audio stream.
+fn spawn_guarded(
+    name: &'static str,
+    shared: Arc<Shared>,
+    body: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("onair-{name}"))
+        .spawn(move || {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                shared.fail(anyhow::anyhow!(
+                    "the {name} thread crashed ({what}). This is a bug: please report it with the log"
+                ));
+            }
+        })
+        .unwrap_or_else(|e| panic!("the system refused a new thread for {name}: {e}"))
+}
+
 /// The output settings for a run: destination, backup, adaptation and reconnect limits.
 fn output_config(
     s: &Settings,
@@ -202,7 +225,6 @@ pub async fn run_live(
         s.audio.bitrate_kbps
     );
     let mut out_cfg = output_config(s, dest.url.clone(), opts.connect_timeout)?;
-    let first = connect_first(&out_cfg, &headers).await?;
     let mut recorder = match &opts.record {
         Some(path) => Some(open_recorder(path, &headers)?),
         None => None,
@@ -256,7 +278,8 @@ pub async fn run_live(
     let output = run_output(
         &out_cfg,
         &headers,
-        first,
+        // The output connects while capture and encoding start; a failure is retried.
+        None,
         rx,
         &control,
         &stats,
@@ -489,130 +512,127 @@ fn spawn_video(
     control: Arc<EncoderControl>,
     extras: VideoExtras,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("onair-video".into())
-        .spawn(move || {
-            let stats = shared.stats.clone();
-            // After a drop, inter frames would reference a missing picture: skip to an IDR.
-            let mut need_keyframe = false;
-            let mut skipped_seen = 0;
-            let mut bitrate = control.bitrate();
-            let mut deliver = |p: Packet, encoder: &mut Box<dyn VideoEncoder>| -> bool {
-                if need_keyframe && !p.keyframe {
+    spawn_guarded("video", shared.clone(), move || {
+        let stats = shared.stats.clone();
+        // After a drop, inter frames would reference a missing picture: skip to an IDR.
+        let mut need_keyframe = false;
+        let mut skipped_seen = 0;
+        let mut bitrate = control.bitrate();
+        let mut deliver = |p: Packet, encoder: &mut Box<dyn VideoEncoder>| -> bool {
+            if need_keyframe && !p.keyframe {
+                Stats::add(&stats.frames_dropped, 1);
+                return true;
+            }
+            match offer(&tx, p) {
+                Offer::Sent => need_keyframe = false,
+                Offer::Dropped => {
                     Stats::add(&stats.frames_dropped, 1);
-                    return true;
+                    need_keyframe = true;
+                    encoder.force_keyframe();
                 }
-                match offer(&tx, p) {
-                    Offer::Sent => need_keyframe = false,
-                    Offer::Dropped => {
-                        Stats::add(&stats.frames_dropped, 1);
-                        need_keyframe = true;
-                        encoder.force_keyframe();
-                    }
-                    Offer::Closed => return false,
+                Offer::Closed => return false,
+            }
+            true
+        };
+        let mut filters = extras.filters;
+        let mut preview_only = PreviewOnly::new(filters.as_ref());
+        let mut budget_checked = Instant::now();
+        // Stamp, encode and deliver one (filtered) frame; false when the output is gone.
+        let mut encode_one =
+            |mut frame: VideoFrame,
+             encoder: &mut Box<dyn VideoEncoder>,
+             deliver: &mut dyn FnMut(Packet, &mut Box<dyn VideoEncoder>) -> bool|
+             -> anyhow::Result<bool> {
+                if let Some(anchor) = &extras.stamp {
+                    let s = stamp::Stamp {
+                        capture_unix_ms: anchor.unix_ms_at(frame.pts_ms),
+                        frame: frame.index as u32,
+                    };
+                    stamp::draw(&mut frame, &s);
+                    encoder.attach_sei(stamp::sei_payload(&s).to_vec());
                 }
-                true
-            };
-            let mut filters = extras.filters;
-            let mut preview_only = PreviewOnly::new(filters.as_ref());
-            let mut budget_checked = Instant::now();
-            // Stamp, encode and deliver one (filtered) frame; false when the output is gone.
-            let mut encode_one =
-                |mut frame: VideoFrame,
-                 encoder: &mut Box<dyn VideoEncoder>,
-                 deliver: &mut dyn FnMut(Packet, &mut Box<dyn VideoEncoder>) -> bool|
-                 -> anyhow::Result<bool> {
-                    if let Some(anchor) = &extras.stamp {
-                        let s = stamp::Stamp {
-                            capture_unix_ms: anchor.unix_ms_at(frame.pts_ms),
-                            frame: frame.index as u32,
-                        };
-                        stamp::draw(&mut frame, &s);
-                        encoder.attach_sei(stamp::sei_payload(&s).to_vec());
-                    }
-                    if let Some(st) = &extras.stages {
-                        st.mark(frame.pts_ms, Stage::Ready);
-                    }
-                    apply_control(&control, encoder.as_mut(), &mut bitrate);
-                    let t = Instant::now();
-                    let packets = encoder.encode(&frame).context("video encoder failed")?;
-                    Stats::add(&stats.encode_us, t.elapsed().as_micros() as u64);
-                    Stats::add(&stats.frames_encoded, packets.len() as u64);
-                    if let Some(st) = &extras.stages {
-                        for p in &packets {
-                            st.mark(p.pts_ms, Stage::Encoded);
-                        }
-                    }
-                    for p in packets {
-                        if !deliver(p, encoder) {
-                            return Ok(false);
-                        }
-                    }
-                    Ok(true)
-                };
-            while !shared.stop.load(Ordering::SeqCst) {
-                let frame = match source.next_frame() {
-                    Ok(f) => f,
-                    Err(e) => return shared.fail(e.context("video source failed")),
-                };
                 if let Some(st) = &extras.stages {
-                    st.mark(frame.pts_ms, Stage::Captured);
+                    st.mark(frame.pts_ms, Stage::Ready);
                 }
-                Stats::add(&shared.stats.frames_in, 1);
-                let skipped = source.skipped();
-                if skipped > skipped_seen {
-                    Stats::add(&shared.stats.frames_dropped, skipped - skipped_seen);
-                    skipped_seen = skipped;
-                }
-                apply_filter_updates(&mut filters, &extras.hooks, &stats);
-                let frames = match filters.as_mut() {
-                    Some(f) => match preview_or_filter(f, frame, &mut preview_only) {
-                        Ok(frames) => frames,
-                        Err(e) => return shared.fail(e.context("video filters failed")),
-                    },
-                    None => vec![frame],
-                };
-                if let Some(slot) = &extras.hooks.preview {
-                    if preview_only.rendered {
-                        slot.frame_rendered();
+                apply_control(&control, encoder.as_mut(), &mut bitrate);
+                let t = Instant::now();
+                let packets = encoder.encode(&frame).context("video encoder failed")?;
+                Stats::add(&stats.encode_us, t.elapsed().as_micros() as u64);
+                Stats::add(&stats.frames_encoded, packets.len() as u64);
+                if let Some(st) = &extras.stages {
+                    for p in &packets {
+                        st.mark(p.pts_ms, Stage::Encoded);
                     }
                 }
-                for frame in frames {
-                    match encode_one(frame, &mut encoder, &mut deliver) {
-                        Ok(true) => {}
-                        Ok(false) => return,
-                        Err(e) => return shared.fail(e),
+                for p in packets {
+                    if !deliver(p, encoder) {
+                        return Ok(false);
                     }
                 }
-                if let Some(f) = filters.as_ref() {
-                    if budget_checked.elapsed() >= Duration::from_secs(5) {
-                        budget_checked = Instant::now();
-                        if let Some(w) = f.over_budget(extras.fps as f64) {
-                            tracing::warn!("{w}");
-                            shared.stats.push_event(format!("video filters: {w}"));
-                        }
+                Ok(true)
+            };
+        while !shared.stop.load(Ordering::SeqCst) {
+            let frame = match source.next_frame() {
+                Ok(f) => f,
+                Err(e) => return shared.fail(e.context("video source failed")),
+            };
+            if let Some(st) = &extras.stages {
+                st.mark(frame.pts_ms, Stage::Captured);
+            }
+            Stats::add(&shared.stats.frames_in, 1);
+            let skipped = source.skipped();
+            if skipped > skipped_seen {
+                Stats::add(&shared.stats.frames_dropped, skipped - skipped_seen);
+                skipped_seen = skipped;
+            }
+            apply_filter_updates(&mut filters, &extras.hooks, &stats);
+            let frames = match filters.as_mut() {
+                Some(f) => match preview_or_filter(f, frame, &mut preview_only) {
+                    Ok(frames) => frames,
+                    Err(e) => return shared.fail(e.context("video filters failed")),
+                },
+                None => vec![frame],
+            };
+            if let Some(slot) = &extras.hooks.preview {
+                if preview_only.rendered {
+                    slot.frame_rendered();
+                }
+            }
+            for frame in frames {
+                match encode_one(frame, &mut encoder, &mut deliver) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => return shared.fail(e),
+                }
+            }
+            if let Some(f) = filters.as_ref() {
+                if budget_checked.elapsed() >= Duration::from_secs(5) {
+                    budget_checked = Instant::now();
+                    if let Some(w) = f.over_budget(extras.fps as f64) {
+                        tracing::warn!("{w}");
+                        shared.stats.push_event(format!("video filters: {w}"));
                     }
                 }
             }
-            // Nothing captured is lost at the end: frames still in the filters, then the encoder.
-            if let Some(f) = filters.as_mut() {
-                if let Ok(rest) = f.flush() {
-                    for frame in rest {
-                        if !matches!(encode_one(frame, &mut encoder, &mut deliver), Ok(true)) {
-                            return;
-                        }
-                    }
-                }
-            }
-            if let Ok(rest) = encoder.flush() {
-                for p in rest {
-                    if !deliver(p, &mut encoder) {
+        }
+        // Nothing captured is lost at the end: frames still in the filters, then the encoder.
+        if let Some(f) = filters.as_mut() {
+            if let Ok(rest) = f.flush() {
+                for frame in rest {
+                    if !matches!(encode_one(frame, &mut encoder, &mut deliver), Ok(true)) {
                         return;
                     }
                 }
             }
-        })
-        .expect("spawning the video thread")
+        }
+        if let Ok(rest) = encoder.flush() {
+            for p in rest {
+                if !deliver(p, &mut encoder) {
+                    return;
+                }
+            }
+        }
+    })
 }
 
 /// Applies the output's requests (bitrate, IDR) to the encoder between frames.
@@ -663,55 +683,52 @@ fn spawn_audio(
     shared: Arc<Shared>,
     hooks: LiveHooks,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("onair-audio".into())
-        .spawn(move || {
-            let stats = shared.stats.clone();
-            // Meters of what the encoder gets when no chain measures it (the tone).
-            let mut meter = Meter::new(48_000, DEFAULT_WINDOW_MS);
-            while !shared.stop.load(Ordering::SeqCst) {
-                let mut block = match source.next_block() {
-                    Ok(b) => b,
-                    Err(e) => return shared.fail(e.context("audio source failed")),
-                };
-                if let (Some(chain), Some(mailbox)) = (chain.as_mut(), &hooks.audio_chain) {
-                    if let Some(new) = mailbox.try_take() {
-                        if let Err(e) = chain.apply(&new) {
-                            stats.push_event(format!("audio chain kept its settings: {e:#}"));
-                        }
-                    }
-                }
-                if let Some(chain) = chain.as_mut() {
-                    if let Err(e) = chain.process_block(&mut block) {
-                        return shared.fail(e.context("audio chain failed"));
-                    }
-                }
-                if let Some(meters) = &hooks.meters {
-                    match chain.as_ref() {
-                        Some(chain) => meters.publish(&chain.meters().output),
-                        None => {
-                            meter.process(&block.samples, block.channels as usize);
-                            meters.publish(&meter.levels());
-                        }
-                    }
-                }
-                let Some(encoder) = encoder.as_mut() else {
-                    continue;
-                };
-                let packets = match encoder.encode(&block) {
-                    Ok(p) => p,
-                    Err(e) => return shared.fail(e.context("audio encoder failed")),
-                };
-                for p in packets {
-                    match offer(&tx, p) {
-                        Offer::Sent => {}
-                        Offer::Dropped => Stats::add(&stats.audio_dropped, 1),
-                        Offer::Closed => return,
+    spawn_guarded("audio", shared.clone(), move || {
+        let stats = shared.stats.clone();
+        // Meters of what the encoder gets when no chain measures it (the tone).
+        let mut meter = Meter::new(48_000, DEFAULT_WINDOW_MS);
+        while !shared.stop.load(Ordering::SeqCst) {
+            let mut block = match source.next_block() {
+                Ok(b) => b,
+                Err(e) => return shared.fail(e.context("audio source failed")),
+            };
+            if let (Some(chain), Some(mailbox)) = (chain.as_mut(), &hooks.audio_chain) {
+                if let Some(new) = mailbox.try_take() {
+                    if let Err(e) = chain.apply(&new) {
+                        stats.push_event(format!("audio chain kept its settings: {e:#}"));
                     }
                 }
             }
-        })
-        .expect("spawning the audio thread")
+            if let Some(chain) = chain.as_mut() {
+                if let Err(e) = chain.process_block(&mut block) {
+                    return shared.fail(e.context("audio chain failed"));
+                }
+            }
+            if let Some(meters) = &hooks.meters {
+                match chain.as_ref() {
+                    Some(chain) => meters.publish(&chain.meters().output),
+                    None => {
+                        meter.process(&block.samples, block.channels as usize);
+                        meters.publish(&meter.levels());
+                    }
+                }
+            }
+            let Some(encoder) = encoder.as_mut() else {
+                continue;
+            };
+            let packets = match encoder.encode(&block) {
+                Ok(p) => p,
+                Err(e) => return shared.fail(e.context("audio encoder failed")),
+            };
+            for p in packets {
+                match offer(&tx, p) {
+                    Offer::Sent => {}
+                    Offer::Dropped => Stats::add(&stats.audio_dropped, 1),
+                    Offer::Closed => return,
+                }
+            }
+        }
+    })
 }
 
 /// A preview without going live: the sources, filters and audio chain the settings ask for,
@@ -740,28 +757,25 @@ impl PreviewRun {
         let (tx, _rx) = mpsc::channel::<Packet>(1);
         let audio = spawn_audio(audio_source, chain, None, tx, shared.clone(), hooks.clone());
         let video_shared = shared.clone();
-        let video = std::thread::Builder::new()
-            .name("onair-preview".into())
-            .spawn(move || {
-                let shared = video_shared;
-                while !shared.stop.load(Ordering::SeqCst) {
-                    let frame = match source.next_frame() {
-                        Ok(f) => f,
-                        Err(e) => return shared.fail(e.context("video source failed")),
-                    };
-                    Stats::add(&shared.stats.frames_in, 1);
-                    apply_filter_updates(&mut filters, &hooks, &shared.stats);
-                    if let Some(f) = filters.as_mut() {
-                        if let Err(e) = f.push(frame) {
-                            return shared.fail(e.context("video filters failed"));
-                        }
-                    }
-                    if let Some(slot) = &hooks.preview {
-                        slot.frame_rendered();
+        let video = spawn_guarded("preview", shared.clone(), move || {
+            let shared = video_shared;
+            while !shared.stop.load(Ordering::SeqCst) {
+                let frame = match source.next_frame() {
+                    Ok(f) => f,
+                    Err(e) => return shared.fail(e.context("video source failed")),
+                };
+                Stats::add(&shared.stats.frames_in, 1);
+                apply_filter_updates(&mut filters, &hooks, &shared.stats);
+                if let Some(f) = filters.as_mut() {
+                    if let Err(e) = f.push(frame) {
+                        return shared.fail(e.context("video filters failed"));
                     }
                 }
-            })
-            .context("starting the preview thread")?;
+                if let Some(slot) = &hooks.preview {
+                    slot.frame_rendered();
+                }
+            }
+        });
         Ok(PreviewRun {
             shared,
             threads: vec![video, audio],
@@ -794,5 +808,51 @@ impl PreviewRun {
 impl Drop for PreviewRun {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            stats: Arc::new(Stats::default()),
+            error: Mutex::new(None),
+        })
+    }
+
+    #[test]
+    fn a_panicking_thread_stops_the_run_with_a_clear_error() {
+        let shared = shared();
+        let t = spawn_guarded("video", shared.clone(), || {
+            let v: Vec<u8> = Vec::new();
+            let _ = v[3];
+        });
+        t.join().expect("the panic is caught inside the thread");
+        assert!(
+            shared.stop.load(Ordering::SeqCst),
+            "the other threads are told to stop"
+        );
+        let e = shared
+            .error
+            .lock()
+            .unwrap()
+            .take()
+            .expect("an error for the run");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("the video thread crashed"), "{msg}");
+        assert!(msg.contains("index out of bounds"), "{msg}");
+    }
+
+    #[test]
+    fn a_thread_that_ends_normally_leaves_no_error() {
+        let shared = shared();
+        spawn_guarded("audio", shared.clone(), || {})
+            .join()
+            .unwrap();
+        assert!(!shared.stop.load(Ordering::SeqCst));
+        assert!(shared.error.lock().unwrap().is_none());
     }
 }

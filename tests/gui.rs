@@ -157,18 +157,36 @@ fn go_live_and_stop_follow_the_real_pipeline() {
 }
 
 #[test]
-fn unreachable_server_fails_with_what_to_do() {
+fn unreachable_server_is_retried_with_the_reason_then_fails_with_what_to_do() {
     let (mut settings, _) = local_settings();
     settings.destination.url = Some(format!("rtmp://127.0.0.1:{}/live/{SECRET}", free_port()));
     let mut h = harness(settings, options(None));
     h.run_steps(2);
     h.get_by_label("Go Live").click();
+    // Not live yet: the window says it retries, and why.
+    step_until(
+        &mut h,
+        20,
+        "retrying",
+        |a| matches!(a.phase(), Phase::Connecting { detail } if detail.contains("retrying")),
+    );
+    let Phase::Connecting { detail } = h.state().phase() else {
+        unreachable!()
+    };
+    assert!(detail.contains("Is the server running"), "{detail}");
+    h.get_by_label_contains("CONNECTING");
+    assert_no_secret(&h);
+    // Stopping a run that never went live ends in FAILED with what to do.
+    h.get_by_label("Stop").click();
+    h.run_steps(2);
+    h.get_by_label("Stop streaming").click();
     step_until(&mut h, 20, "failing", |a| {
         matches!(a.phase(), Phase::Failed { .. })
     });
-    let Phase::Failed { advice, .. } = h.state().phase() else {
+    let Phase::Failed { advice, reason } = h.state().phase() else {
         unreachable!()
     };
+    assert!(reason.contains("never went live"), "{reason}");
     assert!(advice.contains("server URL"), "{advice}");
     h.get_by_label_contains("FAILED");
     h.get_by_label_contains("Check the server URL");

@@ -211,15 +211,18 @@ fn bad_url_is_a_clear_error() {
 }
 
 #[test]
-fn unreachable_server_is_a_clear_error() {
+fn unreachable_server_is_retried_then_a_clear_error() {
     let port = free_port();
     let url = format!("rtmp://127.0.0.1:{port}/live/x");
-    let (ok, log) = run_onair_live(&["--url", &url, "--duration", "2"], Duration::from_secs(20));
-    assert!(!ok);
+    let (ok, log) = run_onair_live(&["--url", &url, "--duration", "4"], Duration::from_secs(20));
+    assert!(!ok, "a run that never went live succeeded:\n{log}");
     assert!(
         log.contains("could not connect") && log.contains("Is the server running"),
         "{log}"
     );
+    // The first connection is retried like any other: 1 s, then 2 s.
+    assert!(log.matches("connecting failed").count() >= 2, "{log}");
+    assert!(log.contains("never went live"), "{log}");
 }
 
 #[test]

@@ -441,6 +441,21 @@ fn backup_url_takes_over_when_the_primary_stays_down() {
         )),
         "{log}"
     );
+    // The switch tries the backup at once instead of waiting the current backoff.
+    let ev = events(&log);
+    let at = |prefix: &str| {
+        ev.iter()
+            .find(|(_, m)| m.starts_with(prefix))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("no '{prefix}' event:\n{log}"))
+    };
+    let switched = at("switching to the backup server");
+    let resumed = at("reconnected to");
+    assert!(
+        resumed - switched < 1.0,
+        "on the backup {:.1} s after switching:\n{log}",
+        resumed - switched
+    );
     let player_url = RtmpUrl::parse(&backup).unwrap();
     let got = rt.block_on(async {
         let mut player = RtmpPlayer::connect(&player_url, Duration::from_secs(5))

@@ -113,14 +113,14 @@ impl TestCard {
             frame.data[y * w..(y + 1) * w].copy_from_slice(&self.texture[offset..offset + w]);
         }
         // Box bouncing left-right across the lower band, one period every 4 s.
-        let size = (h / 6).max(8) & !1;
+        let size = ((h / 6).max(8) & !1).min(w & !1);
         let travel = w - size;
         let period = (self.fps as u64 * 4).max(2);
         let t = index % period;
         let half = period / 2;
         let pos = if t < half { t } else { period - t };
         let x = ((pos as usize * travel) / half as usize) & !1;
-        let y = (h * 2 / 3 + (h / 3 - size) / 2) & !1;
+        let y = (h * 2 / 3 + (h / 3).saturating_sub(size) / 2) & !1;
         fill_rect(&mut frame, x, y, size, size, (235, 128, 128));
         // Frame counter, top-left of the lower band.
         let digit_h = (h / 10).max(10);
@@ -207,11 +207,15 @@ fn texture(w: usize) -> Vec<u8> {
     [row.clone(), row].concat()
 }
 
-/// Fills a rectangle (even coordinates) with a Y, U, V colour.
+/// Fills a rectangle (even coordinates) with a Y, U, V colour, clipped to the frame, so any
+/// frame size the settings allow can be drawn.
 fn fill_rect(f: &mut VideoFrame, x: usize, y: usize, rw: usize, rh: usize, c: (u8, u8, u8)) {
     let (w, h) = (f.width as usize, f.height as usize);
     let x1 = (x + rw).min(w);
     let y1 = (y + rh).min(h);
+    if x >= x1 || y >= y1 {
+        return;
+    }
     for row in y..y1 {
         f.data[row * w + x..row * w + x1].fill(c.0);
     }
@@ -273,6 +277,25 @@ mod tests {
         assert!(diff > 500, "only {diff} bytes differ");
         // and the bars region does not
         assert_eq!(a.data[..320 * 100], b.data[..320 * 100]);
+    }
+
+    #[test]
+    fn draws_every_size_the_settings_allow() {
+        // Tall, wide and tiny frames: the box, bars and counter are clipped, never out of bounds.
+        for (w, h) in [
+            (64, 64),
+            (64, 480),
+            (480, 64),
+            (64, 2160),
+            (3840, 64),
+            (66, 70),
+        ] {
+            let card = TestCard::new(MediaClock::start(), w, h, 30).unwrap();
+            for i in (0..240).step_by(7) {
+                let f = card.render(i, i as i64 * 33);
+                assert_eq!(f.data.len(), VideoFrame::i420_len(w, h), "{w}x{h}");
+            }
+        }
     }
 
     #[test]

@@ -73,7 +73,9 @@ impl Backoff {
         let nominal = self.nominal(self.attempt).as_secs_f64();
         let j = self.config.jitter.clamp(0.0, 0.9);
         let spread = 1.0 + j * (2.0 * self.uniform() - 1.0);
-        Some(Duration::from_secs_f64(nominal * spread))
+        // Jitter spreads the delay but never past the cap the user set.
+        let max = self.config.max.as_secs_f64();
+        Some(Duration::from_secs_f64((nominal * spread).min(max)))
     }
 
     /// Starts the schedule again (after `stable_after` of healthy streaming).
@@ -111,6 +113,12 @@ mod tests {
             );
         }
         assert_eq!(b.attempt(), 8);
+        for _ in 0..100 {
+            assert!(
+                b.next_delay().unwrap() <= Duration::from_secs(30),
+                "past the cap"
+            );
+        }
         b.reset();
         let d = b.next_delay().unwrap().as_secs_f64();
         assert!((0.8..=1.2).contains(&d));

@@ -5,5 +5,6 @@ pub mod abr;
 pub mod backoff;
 pub mod output;
 pub mod queue;
+pub mod reconnect;
 pub mod rtmp;
 pub mod url;

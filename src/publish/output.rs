@@ -4,8 +4,9 @@
 //! logged and counted in [`Stats`].
 
 use super::abr::{Abr, AbrConfig, LinkSample};
-use super::backoff::{Backoff, BackoffConfig};
+use super::backoff::BackoffConfig;
 use super::queue::SendQueue;
+use super::reconnect::{NextAttempt, ReconnectPolicy, Server};
 use super::rtmp::{PublishError, RtmpPublisher};
 use super::url::RtmpUrl;
 use crate::media::{MediaKind, Packet, StreamHeaders};
@@ -13,8 +14,10 @@ use crate::stats::Stats;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, so the reconnect and bitrate policies can be tested with paused time.
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How the encoder is steered from the output: bitrate changes and IDR requests. The video
 /// thread applies them between frames.
@@ -58,7 +61,8 @@ impl EncoderControl {
 #[derive(Clone, Debug)]
 pub struct OutputConfig {
     pub primary: RtmpUrl,
-    /// Used after `switch_after` failed attempts on the primary (then alternating).
+    /// Tried at once when the primary fails at start, and after `switch_after` failures in a
+    /// row on one server mid-stream (see [`ReconnectPolicy`]).
     pub backup: Option<RtmpUrl>,
     pub switch_after: u32,
     pub connect_timeout: Duration,
@@ -114,8 +118,8 @@ pub fn send_buffer_for(kbps: u32) -> u32 {
     (kbps * 1000 / 8 * 150 / 1000).clamp(16 * 1024, 1024 * 1024)
 }
 
-/// Failures that retrying cannot fix.
-fn is_permanent(e: &PublishError) -> bool {
+/// Failures that retrying cannot fix: the server refused the key or the application.
+pub fn is_permanent(e: &PublishError) -> bool {
     matches!(
         e,
         PublishError::PublishRefused { .. } | PublishError::AppRejected { .. }
@@ -132,8 +136,8 @@ fn connect_future(cfg: &OutputConfig, url: &RtmpUrl, headers: &StreamHeaders) ->
     )
 }
 
-/// Connects for the first time. A failure here is returned as is: the user is at the
-/// keyboard and should fix the URL or the server, not wait for retries.
+/// Connects to the primary server once, without retries (for callers and tests that want
+/// a connection before [`run_output`]; the live pipeline lets `run_output` connect).
 pub async fn connect_first(
     cfg: &OutputConfig,
     headers: &StreamHeaders,
@@ -157,7 +161,7 @@ struct Output<'a> {
     started: Instant,
     queue: SendQueue,
     abr: Option<Abr>,
-    backoff: Backoff,
+    policy: ReconnectPolicy,
     conn: Option<RtmpPublisher>,
     /// Bytes of the message being written, and how far we got.
     outbuf: Vec<u8>,
@@ -166,9 +170,8 @@ struct Output<'a> {
     outbuf_video_pts: Option<i64>,
     /// Answers to the server, written after the current message.
     control_bytes: Vec<u8>,
-    connected_at: Instant,
-    on_backup: bool,
-    failures_here: u32,
+    /// The failure that ended the last attempt, shown if the run never goes live.
+    last_error: Option<String>,
     reconnect_at: Option<tokio::time::Instant>,
     connecting: Option<ConnectFuture>,
     bytes_sent_before: u64,
@@ -200,18 +203,24 @@ impl Output<'_> {
     }
 
     fn current_url(&self) -> &RtmpUrl {
-        match (&self.cfg.backup, self.on_backup) {
-            (Some(b), true) => b,
+        match (&self.cfg.backup, self.policy.server()) {
+            (Some(b), Server::Backup) => b,
             _ => &self.cfg.primary,
         }
+    }
+
+    /// Milliseconds since the run started: the reconnect policy's clock.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     fn bytes_sent(&self) -> u64 {
         self.bytes_sent_before + self.conn.as_ref().map(|c| c.bytes_sent).unwrap_or(0)
     }
 
-    /// The connection broke: schedule a retry (or give up).
+    /// The connection broke, or an attempt failed: schedule the next attempt (or give up).
     fn on_failure(&mut self, e: PublishError) -> Result<(), PublishError> {
+        let was_live = self.conn.is_some();
         if let Some(c) = self.conn.take() {
             self.bytes_sent_before += c.bytes_sent;
         }
@@ -223,35 +232,56 @@ impl Output<'_> {
             self.log(format!("giving up: {e}"));
             return Err(e);
         }
-        if self.connected_at.elapsed() >= self.backoff.stable_after() {
-            self.backoff.reset();
-        }
-        self.failures_here += 1;
-        if self.cfg.backup.is_some() && self.failures_here > self.cfg.switch_after {
-            self.on_backup = !self.on_backup;
-            self.failures_here = 1;
-            self.log(format!(
-                "switching to the {} server {}",
-                if self.on_backup { "backup" } else { "primary" },
-                self.current_url()
-            ));
-        }
-        match self.backoff.next_delay() {
-            Some(delay) => {
-                let attempt = self.backoff.attempt();
+        self.last_error = Some(e.to_string());
+        let what = if was_live {
+            "connection lost"
+        } else {
+            "connecting failed"
+        };
+        match self.policy.on_failure(self.now_ms()) {
+            NextAttempt::Retry {
+                delay,
+                server,
+                attempt,
+                switched,
+            } => {
                 self.reconnect_at = Some(tokio::time::Instant::now() + delay);
-                self.stats.set_state(format!(
-                    "reconnecting in {:.1} s (attempt {attempt})",
-                    delay.as_secs_f64()
-                ));
+                let secs = delay.as_secs_f64();
+                // Mid-stream the log says why; before the stream is ever live, the state
+                // itself carries the reason, since there is nothing on screen yet to fix.
+                let (verb, state) = if self.policy.ever_connected() {
+                    let verb = "reconnecting";
+                    (verb, format!("{verb} in {secs:.1} s (attempt {attempt})"))
+                } else {
+                    let verb = "not live yet, retrying";
+                    (
+                        verb,
+                        format!("{verb} in {secs:.1} s (attempt {attempt}): {e}"),
+                    )
+                };
+                self.stats.set_state(state);
                 self.log(format!(
-                    "connection lost: {e}; reconnecting in {:.1} s (attempt {attempt})",
-                    delay.as_secs_f64()
+                    "{what}: {e}; {verb} in {secs:.1} s (attempt {attempt})"
                 ));
+                if switched {
+                    let name = match server {
+                        Server::Primary => "primary",
+                        Server::Backup => "backup",
+                    };
+                    let when = if delay.is_zero() {
+                        "now".to_string()
+                    } else {
+                        format!("in {secs:.1} s")
+                    };
+                    self.log(format!(
+                        "switching to the {name} server {}: connecting {when}",
+                        self.current_url()
+                    ));
+                }
                 Ok(())
             }
-            None => {
-                let msg = format!("gave up after {} attempts: {e}", self.backoff.attempt());
+            NextAttempt::GiveUp { attempts } => {
+                let msg = format!("gave up after {attempts} attempts: {e}");
                 self.stats.set_state(format!("failed: {msg}"));
                 self.log(msg);
                 Err(e)
@@ -260,19 +290,27 @@ impl Output<'_> {
     }
 
     fn on_connected(&mut self, conn: RtmpPublisher) {
+        let reconnect = self.policy.ever_connected();
+        let attempts = self.policy.on_connected(self.now_ms());
         self.conn = Some(conn);
-        self.connected_at = Instant::now();
+        self.last_error = None;
         // The new session starts on a fresh IDR, after the headers connect() sent.
         self.queue.restart_at_keyframe();
         self.queue.take_keyframe_request();
         self.control.request_keyframe();
-        crate::stats::Stats::add(&self.stats.reconnects, 1);
         self.stats.set_state("live");
-        self.log(format!(
-            "reconnected to {} after {} attempt(s); resuming at the next keyframe",
-            self.current_url(),
-            self.backoff.attempt()
-        ));
+        if reconnect {
+            crate::stats::Stats::add(&self.stats.reconnects, 1);
+            self.log(format!(
+                "reconnected to {} after {attempts} attempt(s); resuming at the next keyframe",
+                self.current_url(),
+            ));
+        } else if attempts > 0 {
+            self.log(format!(
+                "connected to {} after {attempts} failed attempt(s)",
+                self.current_url(),
+            ));
+        }
         self.last_sample = (Instant::now(), self.bytes_sent());
     }
 
@@ -407,12 +445,16 @@ fn count_sent(stats: &Stats, p: &Packet) {
 }
 
 /// Streams packets from `rx` until it closes (then drains the queue for up to `drain`), or a
-/// permanent failure. `on_packet` sees every packet as it arrives (e.g. the recorder).
+/// permanent failure. With `first` = None it makes the first connection itself, while the
+/// packets queue up, and retries a failure like a broken connection (going to the backup
+/// server at once if there is one), so a slow or absent server never delays capture, a stop
+/// request or `--duration`. A run that ends without ever going live returns
+/// [`PublishError::NeverLive`]. `on_packet` sees every packet as it arrives (the recorder).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_output(
     cfg: &OutputConfig,
     headers: &StreamHeaders,
-    first: RtmpPublisher,
+    first: Option<RtmpPublisher>,
     mut rx: mpsc::Receiver<Packet>,
     control: &EncoderControl,
     stats: &Stats,
@@ -436,20 +478,34 @@ pub async fn run_output(
         started: Instant::now(),
         queue: SendQueue::new(cfg.queue_budget_ms),
         abr: cfg.abr.clone().map(Abr::new),
-        backoff: Backoff::new(cfg.backoff.clone(), seed),
-        conn: Some(first),
+        policy: ReconnectPolicy::new(
+            cfg.backoff.clone(),
+            seed,
+            cfg.backup.is_some(),
+            cfg.switch_after,
+        ),
+        conn: None,
         outbuf: Vec::with_capacity(64 * 1024),
         outpos: 0,
         outbuf_video_pts: None,
         control_bytes: Vec::new(),
-        connected_at: Instant::now(),
-        on_backup: false,
-        failures_here: 0,
+        last_error: None,
         reconnect_at: None,
         connecting: None,
         bytes_sent_before: 0,
         last_sample: (Instant::now(), 0),
     };
+    match first {
+        Some(conn) => {
+            out.policy.on_connected(0);
+            out.conn = Some(conn);
+        }
+        None => {
+            out.stats
+                .set_state(format!("connecting to {}", cfg.primary));
+            out.connecting = Some(connect_future(cfg, &cfg.primary, headers));
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut input_open = true;
@@ -537,12 +593,10 @@ pub async fn run_output(
             Event::ReconnectDue => {
                 out.reconnect_at = None;
                 let url = out.current_url().clone();
+                let attempt = out.policy.attempt();
                 out.stats
-                    .set_state(format!("connecting (attempt {})", out.backoff.attempt()));
-                out.log(format!(
-                    "connecting to {url} (attempt {})",
-                    out.backoff.attempt()
-                ));
+                    .set_state(format!("connecting (attempt {attempt})"));
+                out.log(format!("connecting to {url} (attempt {attempt})"));
                 out.connecting = Some(connect_future(out.cfg, &url, out.headers));
             }
             Event::Connected(r) => {
@@ -556,6 +610,14 @@ pub async fn run_output(
         }
     }
     out.sample(true);
+    if !out.policy.ever_connected() {
+        return Err(PublishError::NeverLive {
+            attempts: out.policy.attempt(),
+            last: out.last_error.take().unwrap_or_else(|| {
+                "no answer from the server yet (the first attempt was still in progress)".into()
+            }),
+        });
+    }
     let bytes_sent = out.bytes_sent();
     if let Some(conn) = out.conn.take() {
         let _ = conn.close().await;

@@ -4,6 +4,7 @@
 use super::url::RtmpUrl;
 use crate::flv;
 use crate::media::{MediaKind, Packet, StreamHeaders};
+use crate::relay::chunk_guard::{ChunkGuard, MAX_COMMAND_SIZE};
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
@@ -38,6 +39,8 @@ pub enum PublishError {
     Protocol(String),
     #[error("network error while streaming to {addr}: {cause}")]
     Io { addr: String, cause: std::io::Error },
+    #[error("the stream never went live ({attempts} failed attempt(s)); the last one: {last}")]
+    NeverLive { attempts: u32, last: String },
 }
 
 /// Does the client half of the RTMP handshake; returns bytes that arrived after it.
@@ -61,7 +64,10 @@ pub async fn client_handshake(stream: &mut TcpStream, addr: &str) -> Result<Vec<
                 hint: "it may not speak RTMP, or it limits connections",
             });
         }
-        match handshake.process_bytes(&buf[..n]).map_err(|e| hs_err(&e))? {
+        let step = guard_panics(|| handshake.process_bytes(&buf[..n]))
+            .map_err(|e| hs_err(&e))?
+            .map_err(|e| hs_err(&e))?;
+        match step {
             HandshakeProcessResult::InProgress { response_bytes } => {
                 write_all(stream, addr, &response_bytes).await?;
             }
@@ -74,6 +80,38 @@ pub async fn client_handshake(stream: &mut TcpStream, addr: &str) -> Result<Vec<
             }
         }
     }
+}
+
+/// Runs rml_rtmp's parser over server bytes, turning a panic inside it into an error: a broken
+/// or hostile server costs the connection (and a reconnect), never the process.
+fn guard_panics<T>(f: impl FnOnce() -> T) -> Result<T, &'static str> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| "the RTMP parser failed on the server's data")
+}
+
+/// Checks server bytes with a [`ChunkGuard`] (chunk sizes, message lengths, AMF nesting)
+/// before the client session parses them, one message at a time, as the relay does with its
+/// peers: rml_rtmp's parser trusts what it reads and can panic, reserve gigabytes or overflow
+/// its stack on hostile input. A server sends a publisher only control and command messages,
+/// so nothing longer than [`MAX_COMMAND_SIZE`] is accepted.
+pub fn parse_server_input(
+    guard: &mut ChunkGuard,
+    session: &mut ClientSession,
+    mut data: &[u8],
+) -> Result<Vec<ClientSessionResult>, PublishError> {
+    let mut results = Vec::new();
+    while !data.is_empty() {
+        let n = guard
+            .feed(data, MAX_COMMAND_SIZE)
+            .map_err(|e| PublishError::Protocol(format!("the server sent invalid data: {e}")))?;
+        let piece = &data[..n];
+        let mut r = guard_panics(|| session.handle_input(piece))
+            .map_err(|e| PublishError::Protocol(e.to_string()))?
+            .map_err(|e| PublishError::Protocol(format!("the server sent invalid data: {e}")))?;
+        results.append(&mut r);
+        data = &data[n..];
+    }
+    Ok(results)
 }
 
 /// "code: description" of an error status object (level "error"), if that is what it is.
@@ -135,6 +173,8 @@ async fn open_socket(addr: &str, send_buffer: Option<u32>) -> std::io::Result<Tc
 pub struct RtmpPublisher {
     stream: TcpStream,
     session: ClientSession,
+    /// Checks the server's bytes before `session` parses them.
+    guard: ChunkGuard,
     url: RtmpUrl,
     addr: String,
     read_buf: Vec<u8>,
@@ -189,6 +229,7 @@ impl RtmpPublisher {
         let mut publisher = RtmpPublisher {
             stream,
             session,
+            guard: ChunkGuard::new(),
             url: url.clone(),
             addr: addr.clone(),
             read_buf: vec![0u8; 16 * 1024],
@@ -287,10 +328,7 @@ impl RtmpPublisher {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let results = self
-            .session
-            .handle_input(data)
-            .map_err(|e| PublishError::Protocol(e.to_string()))?;
+        let results = parse_server_input(&mut self.guard, &mut self.session, data)?;
         let mut events = Vec::new();
         let mut out = Vec::new();
         for r in results {
@@ -466,10 +504,7 @@ impl RtmpPublisher {
     /// for the caller to write after the message it is writing, so a full socket never
     /// blocks the caller here.
     pub fn handle_server_bytes(&mut self, data: &[u8]) -> Result<Vec<u8>, PublishError> {
-        let results = self
-            .session
-            .handle_input(data)
-            .map_err(|e| PublishError::Protocol(e.to_string()))?;
+        let results = parse_server_input(&mut self.guard, &mut self.session, data)?;
         let mut out = Vec::new();
         for r in results {
             match r {

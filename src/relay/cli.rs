@@ -66,7 +66,10 @@ pub async fn run(settings: RelaySettings, args: RelayArgs) -> anyhow::Result<()>
         anyhow::anyhow!("{e:#} (check --listen/--http/--key or the [relay] settings)")
     })?;
     if let Some(secs) = args.idle_timeout {
-        anyhow::ensure!(secs > 0, "--idle-timeout must be at least 1 second");
+        anyhow::ensure!(
+            (1..=86_400).contains(&secs),
+            "--idle-timeout {secs} is invalid: give 1 to 86400 seconds"
+        );
         config.idle_timeout = Duration::from_secs(secs);
     }
     let keyed = !config.publish_keys.is_empty();
@@ -101,7 +104,10 @@ pub async fn run(settings: RelaySettings, args: RelayArgs) -> anyhow::Result<()>
     }
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            what = crate::signals::stop_requested() => {
+                eprintln!("relay stopping ({what})");
+                break;
+            }
             _ = async {
                 match ticker.as_mut() {
                     Some(t) => { t.tick().await; }

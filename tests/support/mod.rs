@@ -106,6 +106,11 @@ impl ChildGuard {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
+    /// The child's process id (to send it other signals).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGINT (like Ctrl-C).
     pub fn interrupt(&self) {
         let _ = Command::new("kill")
