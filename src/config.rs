@@ -115,6 +115,11 @@ pub struct RelaySettings {
     /// Milliseconds of live media handed to each viewer in one write (0: every message at
     /// once); more means less CPU per viewer and that much more latency.
     pub merge_ms: u64,
+    /// Seconds a stream whose publisher's connection dropped keeps its viewers waiting for a
+    /// publisher to come back on the same key (they resume on one continuous timeline), and
+    /// a player asking for a key nobody publishes yet waits for one; 0 closes and refuses at
+    /// once, as a relay without a grace period does.
+    pub publisher_grace_secs: u64,
 }
 
 impl Default for RelaySettings {
@@ -126,6 +131,7 @@ impl Default for RelaySettings {
             play_key: None,
             max_connections: 0,
             merge_ms: 30,
+            publisher_grace_secs: crate::relay::resume::PUBLISHER_GRACE.as_secs(),
         }
     }
 }
@@ -219,6 +225,13 @@ impl Settings {
             bail!(
                 "relay.listen = '{}' is not an address: write IP:PORT, e.g. 127.0.0.1:1935",
                 self.relay.listen
+            );
+        }
+        if self.relay.publisher_grace_secs > crate::relay::resume::MAX_PUBLISHER_GRACE_SECS {
+            bail!(
+                "relay.publisher_grace_secs = {} is too long: at most {} (one day)",
+                self.relay.publisher_grace_secs,
+                crate::relay::resume::MAX_PUBLISHER_GRACE_SECS
             );
         }
         if let Some(url) = &self.destination.url {
