@@ -129,6 +129,10 @@ fn check_recording(path: &Path, what: &str, min_ms: i64) {
         "{what}: {span} ms of video recorded, expected at least {min_ms}"
     );
     assert!(video[0].1, "{what}: recording does not start on a keyframe");
+    eprintln!(
+        "{what}: {} video packets over {span} ms, largest step {worst_gap} ms",
+        video.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
