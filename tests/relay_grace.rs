@@ -1,13 +1,15 @@
 //! The relay keeps its audience through a publisher blip: real ffmpeg publishers and readers
 //! (RTMP and HTTP-FLV) over loopback. A publisher is killed and another takes its key within
 //! the grace period; readers that came before any publisher wait for one; and with a short
-//! grace period, viewers are closed and waiting players refused once it ends.
+//! grace period, viewers are closed and waiting players refused once it ends. Last, `onair
+//! live` itself reconnects after its link dropped, and the relay's reader never notices.
 
 mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -318,5 +320,98 @@ async fn viewers_are_closed_and_waiting_players_refused_when_grace_ends() {
     assert_eq!(status, 404);
     assert!(waited >= grace - Duration::from_millis(300), "{waited:?}");
     eprintln!("viewers closed {closed_after:?} after the publisher dropped (grace {grace:?})");
+    relay.shutdown();
+}
+
+#[test]
+fn onair_live_reconnecting_keeps_the_relay_audience() {
+    require_ffmpeg();
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = rt
+        .block_on(start_relay(RelayConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+        )))
+        .expect("start relay");
+    let proxy = support::proxy::Proxy::start(&rt, relay.local_addr);
+    let url = format!("rtmp://127.0.0.1:{}/live/test", proxy.port);
+    let mut live = support::ChildGuard::spawn(
+        Command::new(support::onair())
+            .args(["live", "--url", &url, "--size", "320x240", "--fps", "30"])
+            .args(["--keyint", "1", "--duration", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let poll = |what: &str, live: &mut support::ChildGuard, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            if let Some(status) = live.wait_timeout(Duration::from_millis(20)) {
+                panic!(
+                    "onair exited ({status}) before {what}:\n{}",
+                    live.stderr_string()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what}:\n{}",
+                live.stderr_string()
+            );
+        }
+    };
+    poll("video at the relay", &mut live, &|| {
+        relay
+            .stats()
+            .stream(KEY)
+            .is_some_and(|s| s.video_packets_in > 2)
+    });
+    let out = tempfile::tempdir().unwrap();
+    let watched = out.path().join("watched.flv");
+    let mut reader = support::record_stream(&rtmp_url(relay.local_addr, "test"), &watched, &[]);
+    poll("reader", &mut live, &|| {
+        relay.stats().stream(KEY).is_some_and(|s| s.viewers == 1)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The link drops for a moment; onair reconnects on its own about a second later.
+    proxy.set_down(true);
+    let dropped = Instant::now();
+    poll("wait for the publisher", &mut live, &|| {
+        relay
+            .stats()
+            .stream(KEY)
+            .is_some_and(|s| s.publisher.is_none())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.set_down(false);
+    poll("reconnect", &mut live, &|| {
+        relay
+            .stats()
+            .stream(KEY)
+            .is_some_and(|s| s.publisher.is_some())
+    });
+    let back = dropped.elapsed();
+    assert_eq!(relay.stats().stream(KEY).unwrap().viewers, 1);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // A clean stop ends the stream: the reader finishes and has both sessions on one timeline.
+    live.interrupt();
+    assert!(live
+        .wait_timeout(Duration::from_secs(15))
+        .expect("onair did not stop")
+        .success());
+    let status = reader
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the reader did not finish after the stream ended");
+    assert!(
+        status.success(),
+        "reader failed:\n{}",
+        reader.stderr_string()
+    );
+    check_recording(&watched, "onair live through a reconnect", 2_500);
+    eprintln!("onair live was back on the relay {back:?} after its link dropped");
     relay.shutdown();
 }

@@ -31,10 +31,13 @@ pub fn deadline_after(now: Instant, grace: Duration) -> Option<Instant> {
 
 /// Maps each publisher session's timestamps onto the viewers' timeline.
 ///
-/// The first session passes through unchanged. After [`Timeline::new_session`], the first
-/// media message (not a sequence header) of the new session is placed [`RESUME_GAP_MS`] after
-/// the latest timestamp sent so far, and the rest of that session keeps its own spacing from
-/// there. Nothing of a later session is ever stamped at or before the end of the previous one,
+/// The first session passes through unchanged. After [`Timeline::new_session`], the new
+/// session's anchor — the first message viewers can resume on: its first keyframe, or its
+/// first audio frame when it has no video — is placed [`RESUME_GAP_MS`] after the latest
+/// timestamp sent so far, and the rest of that session keeps its own spacing from there.
+/// Anchoring on the keyframe rather than on whatever comes first matters: an encoder that
+/// resumes sending audio at once but video only at its next keyframe would otherwise leave
+/// viewers, who resume on that keyframe, with a hole as long as the wait for it. Nothing of a later session is ever stamped at or before the end of the previous one,
 /// so a publisher restarting at 0, continuing its clock, or sending a track slightly behind
 /// the other all come out monotonic across the switch. Arithmetic wraps like RTMP's 32-bit
 /// millisecond timestamps do.
@@ -69,15 +72,16 @@ impl Timeline {
         self.last
     }
 
-    /// The viewers' timestamp for a message the publisher stamped `ts`. Sequence headers
-    /// (`header`) that come before the new session's first media message are placed where
-    /// that message will be, so they never fix the offset: an encoder may send its headers
+    /// The viewers' timestamp for a message the publisher stamped `ts`; `anchor` says whether
+    /// viewers could resume on it (see the type's description). Messages of a new session that
+    /// come before its anchor (sequence headers, audio waiting for the keyframe) are placed
+    /// where the anchor will be, so they never fix the offset: an encoder may send its headers
     /// at 0 and its frames on a running clock.
-    pub fn map(&mut self, ts: u32, header: bool) -> u32 {
+    pub fn map(&mut self, ts: u32, anchor: bool) -> u32 {
         if self.rebase {
             let last = self.last.unwrap_or(0);
             let start = last.wrapping_add(RESUME_GAP_MS);
-            if header {
+            if !anchor {
                 return start;
             }
             self.offset = start.wrapping_sub(ts);
@@ -106,7 +110,7 @@ fn before(a: u32, b: u32) -> bool {
 mod tests {
     use super::*;
 
-    /// Maps (ts, header) pairs and returns the outputs.
+    /// Maps (ts, anchor) pairs and returns the outputs.
     fn run(t: &mut Timeline, input: &[(u32, bool)]) -> Vec<u32> {
         input.iter().map(|&(ts, h)| t.map(ts, h)).collect()
     }
@@ -120,7 +124,7 @@ mod tests {
         let mut t = Timeline::new();
         t.new_session();
         assert_eq!(
-            run(&mut t, &[(0, true), (0, false), (33, false), (5000, false)]),
+            run(&mut t, &[(0, false), (0, true), (33, false), (5000, true)]),
             vec![0, 0, 33, 5000]
         );
         assert_eq!(t.last(), Some(5000));
@@ -129,11 +133,12 @@ mod tests {
     #[test]
     fn publisher_restarting_at_zero_continues_after_a_small_gap() {
         let mut t = Timeline::new();
-        run(&mut t, &[(0, false), (9_000, false), (9_033, false)]);
+        run(&mut t, &[(0, true), (9_000, false), (9_033, false)]);
         t.new_session();
+        // Two sequence headers, the keyframe, then audio and a P-frame.
         let out = run(
             &mut t,
-            &[(0, true), (0, true), (0, false), (21, false), (33, false)],
+            &[(0, false), (0, false), (0, true), (21, false), (33, false)],
         );
         let start = 9_033 + RESUME_GAP_MS;
         assert_eq!(out, vec![start, start, start, start + 21, start + 33]);
@@ -142,10 +147,10 @@ mod tests {
     #[test]
     fn publisher_continuing_its_clock_is_not_pushed_into_the_future() {
         let mut t = Timeline::new();
-        run(&mut t, &[(60_000, false), (61_000, false)]);
+        run(&mut t, &[(60_000, true), (61_000, false)]);
         t.new_session();
         // Headers at 0, then frames on the old clock 2 s later: no 60 s jump either way.
-        let out = run(&mut t, &[(0, true), (63_000, false), (63_033, false)]);
+        let out = run(&mut t, &[(0, false), (63_000, true), (63_033, false)]);
         let start = 61_000 + RESUME_GAP_MS;
         assert_eq!(out, vec![start, start, start + 33]);
     }
@@ -153,10 +158,10 @@ mod tests {
     #[test]
     fn a_track_behind_the_other_never_goes_back_past_the_switch() {
         let mut t = Timeline::new();
-        run(&mut t, &[(1_000, false)]);
+        run(&mut t, &[(1_000, true)]);
         t.new_session();
-        // Audio at 50 arrives first, then video at 0 (earlier on the publisher's clock).
-        let out = run(&mut t, &[(50, false), (0, false), (60, false)]);
+        // The keyframe at 50 arrives first, then audio at 0 (earlier on the publisher's clock).
+        let out = run(&mut t, &[(50, true), (0, false), (60, false)]);
         assert_eq!(out, vec![1_040, 1_001, 1_050]);
         assert!(out.iter().all(|&ts| ts > 1_000));
     }
@@ -169,7 +174,7 @@ mod tests {
             t.new_session();
             let base = session * 7_777;
             for i in 0..50u32 {
-                all.push(t.map(base + i * 33, i == 0));
+                all.push(t.map(base + i * 33, i == 3));
             }
         }
         assert!(monotonic(&all), "{all:?}");
@@ -179,9 +184,9 @@ mod tests {
     #[test]
     fn timestamps_wrap_like_rtmp() {
         let mut t = Timeline::new();
-        run(&mut t, &[(u32::MAX - 10, false)]);
+        run(&mut t, &[(u32::MAX - 10, true)]);
         t.new_session();
-        let out = run(&mut t, &[(0, false), (100, false)]);
+        let out = run(&mut t, &[(0, true), (100, false)]);
         assert_eq!(out, vec![29, 129]);
         assert_eq!(t.last(), Some(129));
     }
@@ -191,6 +196,25 @@ mod tests {
         let mut t = Timeline::new();
         t.new_session();
         assert_eq!(run(&mut t, &[(500, false)]), vec![500]);
+    }
+
+    #[test]
+    fn audio_sent_while_waiting_for_the_keyframe_does_not_open_a_hole() {
+        let mut t = Timeline::new();
+        run(&mut t, &[(10_000, true)]);
+        t.new_session();
+        // Audio resumes at once on a running clock; the keyframe comes 1 s later.
+        let out = run(
+            &mut t,
+            &[
+                (20_000, false),
+                (20_500, false),
+                (21_000, true),
+                (21_021, false),
+            ],
+        );
+        let start = 10_000 + RESUME_GAP_MS;
+        assert_eq!(out, vec![start, start, start, start + 21]);
     }
 
     mod stream {
@@ -273,8 +297,8 @@ mod tests {
             s.push_media(msg(MediaKind::Video, 0, 0x27, 0x01));
             s.push_media(msg(MediaKind::Video, 33, 0x17, 0x01));
             s.push_media(msg(MediaKind::Audio, 40, 0xaf, 0x01));
-            // Its first media message lands just after the last one the viewer got; the
-            // P-frame is skipped since viewers resume on a keyframe.
+            // Its keyframe lands just after the last frame the viewer got; the P-frame before
+            // it is skipped since viewers resume on a keyframe.
             let start = 5_033 + RESUME_GAP_MS;
             for feed in [&mut feed, &mut late] {
                 assert_eq!(
@@ -282,8 +306,8 @@ mod tests {
                     vec![
                         (FrameKind::Video, start, 0x17, 0x00),
                         (FrameKind::Audio, start, 0xaf, 0x00),
-                        (FrameKind::Video, start + 33, 0x17, 0x01),
-                        (FrameKind::Audio, start + 40, 0xaf, 0x01),
+                        (FrameKind::Video, start, 0x17, 0x01),
+                        (FrameKind::Audio, start + 7, 0xaf, 0x01),
                     ]
                 );
             }

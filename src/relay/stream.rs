@@ -142,6 +142,8 @@ pub struct Stream {
     timeline: Timeline,
     /// Publishers that have fed this stream, the current one included.
     sessions: u32,
+    /// The current publisher sent video (a sequence header at least).
+    session_has_video: bool,
     /// Bytes read from the publisher.
     pub bytes_in: u64,
     /// Video messages received, sequence headers included.
@@ -205,6 +207,7 @@ impl Stream {
             waiting_until: None,
             timeline: Timeline::new(),
             sessions: 1,
+            session_has_video: false,
             bytes_in: 0,
             video_packets_in: 0,
             audio_packets_in: 0,
@@ -279,6 +282,7 @@ impl Stream {
         self.waiting_until = None;
         self.timeline.new_session();
         self.sessions = self.sessions.saturating_add(1);
+        self.session_has_video = false;
     }
 
     /// True when a waiting stream is due to go: its grace period is over, or nobody is left
@@ -456,9 +460,15 @@ impl Stream {
             MediaKind::Video => self.video_packets_in += 1,
             MediaKind::Audio => self.audio_packets_in += 1,
         }
-        let ts = self
-            .timeline
-            .map(message.timestamp.value, message.is_sequence_header());
+        // A new publisher's timeline starts on what viewers resume on: its first keyframe, or
+        // its first audio frame if it sends no video.
+        if message.kind == MediaKind::Video {
+            self.session_has_video = true;
+        }
+        let anchor = !message.is_sequence_header()
+            && (message.is_keyframe()
+                || (message.kind == MediaKind::Audio && !self.session_has_video));
+        let ts = self.timeline.map(message.timestamp.value, anchor);
         let frame = Frame::media(message.kind, ts, message.data);
         if frame.is_sequence_header() {
             match frame.kind {
