@@ -303,4 +303,30 @@ mod tests {
         assert!(err.contains("destination.url"), "{err}");
         assert!(Settings::load(Some(&dir.path().join("missing.toml"))).is_err());
     }
+
+    #[test]
+    fn publisher_grace_is_bounded_without_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("onair.toml");
+        std::fs::write(
+            &path,
+            format!("[relay]\npublisher_grace_secs = {}\n", i64::MAX),
+        )
+        .unwrap();
+        let err = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+        assert!(err.contains("relay.publisher_grace_secs"), "{err}");
+        let mut relay = RelaySettings {
+            publisher_grace_secs: u64::MAX,
+            ..RelaySettings::default()
+        };
+        let err = format!(
+            "{:#}",
+            crate::relay::RelayConfig::from_settings(&relay, false).unwrap_err()
+        );
+        assert!(err.contains("relay.publisher_grace_secs"), "{err}");
+        relay.publisher_grace_secs = 0;
+        let config = crate::relay::RelayConfig::from_settings(&relay, false).unwrap();
+        assert!(config.publisher_grace.is_zero());
+        assert_eq!(RelaySettings::default().publisher_grace_secs, 30);
+    }
 }
