@@ -268,7 +268,7 @@ pub struct StreamStats {
     pub rtmp_viewers: usize,
     /// Players over HTTP-FLV.
     pub http_viewers: usize,
-    /// Seconds since publishing started.
+    /// Seconds since the current publisher started (while waiting: since the last one left).
     pub uptime_secs: f64,
     /// Bytes received from the publisher since it connected.
     pub bytes_in: u64,
