@@ -115,6 +115,11 @@ pub struct RelaySettings {
     /// Milliseconds of live media handed to each viewer in one write (0: every message at
     /// once); more means less CPU per viewer and that much more latency.
     pub merge_ms: u64,
+    /// Seconds a stream whose publisher's connection dropped keeps its viewers waiting for a
+    /// publisher to come back on the same key (they resume on one continuous timeline), and
+    /// a player asking for a key nobody publishes yet waits for one; 0 closes and refuses at
+    /// once, as a relay without a grace period does.
+    pub publisher_grace_secs: u64,
 }
 
 impl Default for RelaySettings {
@@ -126,6 +131,7 @@ impl Default for RelaySettings {
             play_key: None,
             max_connections: 0,
             merge_ms: 30,
+            publisher_grace_secs: crate::relay::resume::PUBLISHER_GRACE.as_secs(),
         }
     }
 }
@@ -221,6 +227,13 @@ impl Settings {
                 self.relay.listen
             );
         }
+        if self.relay.publisher_grace_secs > crate::relay::resume::MAX_PUBLISHER_GRACE_SECS {
+            bail!(
+                "relay.publisher_grace_secs = {} is too long: at most {} (one day)",
+                self.relay.publisher_grace_secs,
+                crate::relay::resume::MAX_PUBLISHER_GRACE_SECS
+            );
+        }
         if let Some(url) = &self.destination.url {
             if !url.is_empty() {
                 crate::publish::url::RtmpUrl::parse(url).context("destination.url is invalid")?;
@@ -289,5 +302,31 @@ mod tests {
         let err = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
         assert!(err.contains("destination.url"), "{err}");
         assert!(Settings::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn publisher_grace_is_bounded_without_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("onair.toml");
+        std::fs::write(
+            &path,
+            format!("[relay]\npublisher_grace_secs = {}\n", i64::MAX),
+        )
+        .unwrap();
+        let err = format!("{:#}", Settings::load(Some(&path)).unwrap_err());
+        assert!(err.contains("relay.publisher_grace_secs"), "{err}");
+        let mut relay = RelaySettings {
+            publisher_grace_secs: u64::MAX,
+            ..RelaySettings::default()
+        };
+        let err = format!(
+            "{:#}",
+            crate::relay::RelayConfig::from_settings(&relay, false).unwrap_err()
+        );
+        assert!(err.contains("relay.publisher_grace_secs"), "{err}");
+        relay.publisher_grace_secs = 0;
+        let config = crate::relay::RelayConfig::from_settings(&relay, false).unwrap();
+        assert!(config.publisher_grace.is_zero());
+        assert_eq!(RelaySettings::default().publisher_grace_secs, 30);
     }
 }

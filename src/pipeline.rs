@@ -111,7 +111,11 @@ async fn resolve_destination(settings: &Settings) -> anyhow::Result<Destination>
             settings.relay.listen
         )
     })?;
-    let relay = start_relay(RelayConfig::new(listen)).await?;
+    let relay = start_relay(RelayConfig {
+        publisher_grace: Duration::from_secs(settings.relay.publisher_grace_secs),
+        ..RelayConfig::new(listen)
+    })
+    .await?;
     let url = RtmpUrl::parse(&format!(
         "rtmp://{}/live/{}",
         relay.local_addr, LOCAL_STREAM_KEY

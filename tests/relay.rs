@@ -16,11 +16,16 @@ use tokio::time::timeout;
 
 const KEY: &str = "live/test";
 
+/// A relay without publisher grace: these tests check what players see the moment a
+/// publisher goes away (tests/relay_grace.rs covers the grace period).
 async fn relay() -> RelayHandle {
     init_tracing();
-    start_relay(RelayConfig::new("127.0.0.1:0".parse().unwrap()))
-        .await
-        .expect("start relay")
+    start_relay(RelayConfig {
+        publisher_grace: Duration::ZERO,
+        ..RelayConfig::new("127.0.0.1:0".parse().unwrap())
+    })
+    .await
+    .expect("start relay")
 }
 
 fn player_url(addr: SocketAddr, key: &str) -> RtmpUrl {

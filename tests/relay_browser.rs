@@ -1,8 +1,10 @@
 //! The watch page in a real browser: OnAir publishes to the relay, headless Chromium (driven
 //! by chromedriver over the WebDriver protocol) opens `http://RELAY/`, which lists the stream
-//! and plays it with mpegts.js over HTTP-FLV. Video frames must advance in the page.
+//! and plays it with mpegts.js over HTTP-FLV. Video frames must advance in the page. Then
+//! mpegts.js opens a stream before its publisher comes and plays through a publisher blip.
 //!
-//! Skipped (with a message) when Chromium or chromedriver is not installed.
+//! The watch page test is skipped (with a message) when Chromium or chromedriver is not
+//! installed; the waiting-player test fails, asking for scripts/setup.
 
 mod common;
 
@@ -331,5 +333,140 @@ async fn watch_page_plays_our_stream_in_headless_chromium() {
         eprintln!("this Chromium cannot decode H.264 in MSE: checked media info and bytes only");
     }
     drop(publisher);
+    relay.shutdown();
+}
+
+/// Sets up an mpegts.js player of its own in the page (not the page's, which plays only
+/// listed streams) on `url`, with its state in `window.early`.
+const EARLY_PLAYER: &str = r#"
+const url = arguments[0];
+const v = document.createElement("video");
+v.muted = true;
+v.autoplay = true;
+document.body.appendChild(v);
+window.early = { frames: 0, errors: [], info: null, time: 0, mse: !!(window.MediaSource &&
+  MediaSource.isTypeSupported('video/mp4; codecs="avc1.42E01E,mp4a.40.2"')) };
+const p = mpegts.createPlayer({ type: "flv", isLive: true, url: url },
+  { enableStashBuffer: false, lazyLoad: false });
+p.on(mpegts.Events.ERROR, (t, d, i) =>
+  early.errors.push(t + ": " + d + (i && i.msg ? " (" + i.msg + ")" : "")));
+p.on(mpegts.Events.MEDIA_INFO, i => { early.info = { width: i.width, height: i.height }; });
+p.attachMediaElement(v);
+p.load();
+const r = v.play();
+if (r && r.catch) r.catch(() => {});
+if (v.requestVideoFrameCallback) {
+  const step = () => { early.frames++; v.requestVideoFrameCallback(step); };
+  v.requestVideoFrameCallback(step);
+}
+setInterval(() => { early.time = v.currentTime; }, 100);
+return true;
+"#;
+
+/// mpegts.js in Chromium opens an HTTP-FLV URL before anyone publishes on it: the relay
+/// holds the request until a publisher comes, and the player then plays; the publisher is
+/// killed and another takes the key a second later, and playback carries on without an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn mpegts_js_waits_for_the_publisher_and_plays_through_a_blip() {
+    assert!(
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        "chromium and chromedriver are needed: run scripts/setup"
+    );
+    assert!(ffmpeg_available(), "ffmpeg is needed: run scripts/setup");
+    init_tracing();
+    let relay = start_relay(RelayConfig {
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..RelayConfig::new("127.0.0.1:0".parse().unwrap())
+    })
+    .await
+    .expect("start relay");
+    let http: SocketAddr = relay.http_addr.unwrap();
+    let (js_head, _) = http_get(http, "/mpegts.js").await.unwrap();
+    assert_eq!(
+        js_head.status, 200,
+        "mpegts.js is not built in: run scripts/setup, then rebuild"
+    );
+    let rtmp = rtmp_url(relay.local_addr, "early");
+    let flv = format!("http://{http}/live/early.flv");
+    // `?stream=` names a stream that never comes, so the page's own player stays idle.
+    let page = format!("http://{http}/?stream=live/none");
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().to_path_buf();
+    let shared = relay.relay();
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(Value, Duration)> {
+        let browser = Browser::start(&log_dir)?;
+        browser.open(&page)?;
+        browser.call(
+            "POST",
+            "/execute/sync",
+            Some(&json!({ "script": EARLY_PLAYER, "args": [flv] })),
+        )?;
+        let status = || -> anyhow::Result<Value> {
+            let text = browser.eval("return JSON.stringify(window.early);")?;
+            Ok(serde_json::from_str(text.as_str().unwrap_or("null"))?)
+        };
+        let wait = |what: &str, done: &dyn Fn(&Value) -> bool| -> anyhow::Result<Value> {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let s = status()?;
+                if !s["errors"].as_array().is_some_and(|e| e.is_empty()) {
+                    bail!("player error while waiting for {what}: {s:#}");
+                }
+                if done(&s) {
+                    return Ok(s);
+                }
+                if Instant::now() > deadline {
+                    bail!("no {what}: {s:#}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        std::thread::sleep(Duration::from_millis(800));
+        let before = status()?;
+        if shared.stats().stream("live/early").is_some() || !before["info"].is_null() {
+            bail!("something played before the publisher came: {before:#}");
+        }
+        let playing = |s: &Value| {
+            if s["mse"] == true {
+                s["frames"].as_u64().unwrap_or(0) >= 30
+            } else {
+                !s["info"].is_null()
+            }
+        };
+        let first = ChildGuard::spawn("first", ffmpeg_publisher(&rtmp, 60), &log_dir);
+        let s1 = wait("playback once the publisher came", &playing)?;
+        let bytes_before = shared
+            .stats()
+            .stream("live/early")
+            .map_or(0, |s| s.bytes_out);
+        drop(first);
+        let dropped = Instant::now();
+        std::thread::sleep(Duration::from_millis(1000));
+        let _second = ChildGuard::spawn("second", ffmpeg_publisher(&rtmp, 60), &log_dir);
+        let (f1, t1) = (
+            s1["frames"].as_u64().unwrap_or(0),
+            s1["time"].as_f64().unwrap_or(0.0),
+        );
+        let s2 = if s1["mse"] == true {
+            wait("playback after the blip", &|s: &Value| {
+                s["frames"].as_u64().unwrap_or(0) >= f1 + 60
+                    && s["time"].as_f64().unwrap_or(0.0) >= t1 + 2.0
+            })?
+        } else {
+            // No H.264 in this Chromium's MSE: the player still receives the new session.
+            std::thread::sleep(Duration::from_secs(3));
+            status()?
+        };
+        let stats = shared.stats();
+        let stream = stats.stream("live/early").context("stream gone")?;
+        if stream.http_viewers != 1 || stream.bytes_out < bytes_before + 50_000 {
+            bail!("the player did not stay on the stream: {stream:?}");
+        }
+        Ok((s2, dropped.elapsed()))
+    })
+    .await
+    .unwrap();
+    let (status, after) = result.expect("browser session");
+    eprintln!("player {after:?} after the publisher dropped: {status:#}");
     relay.shutdown();
 }

@@ -17,9 +17,12 @@ use tokio::time::timeout;
 
 const KEY: &str = "live/test";
 
+/// No publisher grace: these tests check what viewers see the moment a publisher goes away
+/// (tests/relay_grace.rs covers the grace period).
 fn config() -> RelayConfig {
     RelayConfig {
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        publisher_grace: Duration::ZERO,
         ..RelayConfig::new("127.0.0.1:0".parse().unwrap())
     }
 }

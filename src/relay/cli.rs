@@ -36,6 +36,11 @@ pub struct RelayArgs {
     /// saves CPU per viewer at the cost of that much latency [default: relay.merge_ms, 30].
     #[arg(long, value_name = "MS")]
     pub merge_ms: Option<u64>,
+    /// Seconds viewers wait for a publisher whose connection dropped to come back (and a
+    /// player for a stream nobody publishes yet) before they are closed or refused; 0: at
+    /// once [default: relay.publisher_grace_secs, 30].
+    #[arg(long, value_name = "SECS")]
+    pub publisher_grace: Option<u64>,
     /// Seconds between status lines (0: none).
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub stats_every: u64,
@@ -57,6 +62,14 @@ pub async fn run(settings: RelaySettings, args: RelayArgs) -> anyhow::Result<()>
     if let Some(ms) = args.merge_ms {
         anyhow::ensure!(ms <= 1000, "--merge-ms must be at most 1000");
         relay_settings.merge_ms = ms;
+    }
+    if let Some(secs) = args.publisher_grace {
+        anyhow::ensure!(
+            secs <= super::resume::MAX_PUBLISHER_GRACE_SECS,
+            "--publisher-grace must be at most {} seconds (one day)",
+            super::resume::MAX_PUBLISHER_GRACE_SECS
+        );
+        relay_settings.publisher_grace_secs = secs;
     }
     if let Some(n) = args.max_connections {
         anyhow::ensure!(n > 0, "--max-connections must be at least 1");

@@ -135,6 +135,13 @@ impl GopCache {
         self.bytes
     }
 
+    /// Forgets the cached group and waits for the next keyframe: the publisher left, and its
+    /// last group must not be served to anyone as if it were live.
+    pub fn reset(&mut self) {
+        self.clear();
+        self.waiting_for_keyframe = true;
+    }
+
     fn clear(&mut self) {
         self.messages.clear();
         self.bytes = 0;

@@ -17,7 +17,7 @@ use tokio::time::timeout;
 
 use super::outbox::Outbox;
 use super::rtmp::{is_disconnect, OUTBOUND_HIGH_WATER};
-use super::stream::{Kick, PlayerItem, ViewerKind};
+use super::stream::{Kick, PlayerFeed, PlayerItem, ViewerKind};
 use super::wire::{http_flv_file_header, SharedFrame, HTTP_LAST_CHUNK};
 use super::{masked_stream_id, query_param, stream_id, Relay};
 
@@ -369,7 +369,26 @@ async fn play_flv(
         };
         return send_final(socket, &head).await;
     }
-    let Some((feed, display_key)) = relay.join(&key, id, peer, ViewerKind::Http) else {
+    // Subscribed before looking, so a publisher arriving in between is not missed.
+    let publishes = relay.publishes();
+    let joined = match relay.join(&key, id, peer, ViewerKind::Http) {
+        Some(joined) => Some(joined),
+        None if relay.config.publisher_grace.is_zero() => None,
+        None => {
+            let masked = masked_stream_id(app, name);
+            let grace = relay.config.publisher_grace;
+            tracing::info!(%peer, stream = %masked, "nothing is published on this key yet: the HTTP-FLV player waits up to {grace:?}");
+            match wait_for_stream(relay, socket, &key, id, peer, publishes, &mut shutdown).await? {
+                Waited::Joined(feed, display_key) => Some((feed, display_key)),
+                Waited::TimedOut => None,
+                Waited::Gone => {
+                    tracing::info!(%peer, stream = %masked, "waiting HTTP-FLV player left");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let Some((feed, display_key)) = joined else {
         tracing::info!(%peer, stream = %masked_stream_id(app, name), "HTTP play refused: nothing is published on this key");
         return send_final(
             socket,
@@ -453,6 +472,57 @@ async fn play_flv(
         .await;
     }
     Ok(())
+}
+
+/// How waiting for a stream nobody published yet ended.
+enum Waited {
+    /// A publisher claimed the key and the player joined its stream.
+    Joined(PlayerFeed, String),
+    /// The wait is over: answer 404 as if the request had just come.
+    TimedOut,
+    /// The client left or the relay is stopping.
+    Gone,
+}
+
+/// Holds an HTTP-FLV request for a key nobody publishes until a publisher claims it, for at
+/// most the publisher grace period. Nothing is sent meanwhile: the 200 and the FLV header
+/// go out once the stream exists, so a request that times out still gets a plain 404. The
+/// waiting client holds only a watch receiver, no media queue.
+async fn wait_for_stream(
+    relay: &Arc<Relay>,
+    socket: &mut TcpStream,
+    key: &str,
+    id: u64,
+    peer: SocketAddr,
+    mut publishes: watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Waited> {
+    let until = tokio::time::Instant::now().checked_add(relay.config.publisher_grace);
+    let mut scratch = [0u8; 512];
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(Waited::Gone),
+            read = socket.read(&mut scratch) => {
+                if read.context("read failed")? == 0 {
+                    return Ok(Waited::Gone);
+                }
+            }
+            changed = publishes.changed() => {
+                if changed.is_err() {
+                    return Ok(Waited::Gone);
+                }
+                if let Some((feed, display_key)) = relay.join(key, id, peer, ViewerKind::Http) {
+                    return Ok(Waited::Joined(feed, display_key));
+                }
+            }
+            _ = async {
+                match until {
+                    Some(until) => tokio::time::sleep_until(until).await,
+                    None => std::future::pending().await,
+                }
+            } => return Ok(Waited::TimedOut),
+        }
+    }
 }
 
 fn flv_response_head(http10: bool) -> Vec<u8> {

@@ -13,6 +13,11 @@
 //! before it is parsed, and bounded per-viewer queues so a slow viewer is dropped instead of
 //! slowing the publisher or anyone else. Media is framed once per message and shared by all
 //! viewers.
+//!
+//! Viewers outlast a publisher blip: when a publisher's connection drops, the stream keeps
+//! its viewers for a grace period and they resume, on one continuous timeline, as soon as a
+//! publisher comes back on the same key ([`resume`]). A player asking for a key nobody
+//! publishes yet likewise waits for a publisher for that long before it is refused.
 
 pub mod chunk_guard;
 pub mod cli;
@@ -21,6 +26,7 @@ pub mod fuzz;
 pub mod gop_cache;
 mod http;
 mod outbox;
+pub mod resume;
 mod rtmp;
 mod stream;
 mod web;
@@ -84,6 +90,10 @@ pub struct RelayConfig {
     /// at once). Merging cuts wake-ups and socket writes per viewer several times over, for
     /// that much more latency; SRS calls this merged-write latency.
     pub merge_window: Duration,
+    /// How long a stream whose publisher's connection dropped keeps its viewers waiting for a
+    /// publisher to come back on the same key, and how long a player asking for a key nobody
+    /// publishes waits for one before it is refused. Zero closes and refuses at once.
+    pub publisher_grace: Duration,
 }
 
 impl Default for RelayConfig {
@@ -109,6 +119,7 @@ impl RelayConfig {
             idle_timeout: IDLE_TIMEOUT,
             player_queue: stream::PLAYER_QUEUE_CAPACITY,
             merge_window: Duration::ZERO,
+            publisher_grace: resume::PUBLISHER_GRACE,
         }
     }
 
@@ -140,6 +151,13 @@ impl RelayConfig {
             config.max_connections = settings.max_connections;
         }
         config.merge_window = Duration::from_millis(settings.merge_ms);
+        anyhow::ensure!(
+            settings.publisher_grace_secs <= resume::MAX_PUBLISHER_GRACE_SECS,
+            "relay.publisher_grace_secs = {} is too long: at most {} (one day)",
+            settings.publisher_grace_secs,
+            resume::MAX_PUBLISHER_GRACE_SECS
+        );
+        config.publisher_grace = Duration::from_secs(settings.publisher_grace_secs);
         config.validate()?;
         Ok(config)
     }
@@ -174,6 +192,11 @@ impl RelayConfig {
             self.merge_window <= Duration::from_secs(1),
             "relay merge_window must be at most 1 s"
         );
+        anyhow::ensure!(
+            self.publisher_grace <= Duration::from_secs(resume::MAX_PUBLISHER_GRACE_SECS),
+            "relay publisher_grace must be at most {} s (one day)",
+            resume::MAX_PUBLISHER_GRACE_SECS
+        );
         Ok(())
     }
 
@@ -193,6 +216,8 @@ pub struct Relay {
     refused: AtomicU64,
     started_at: Instant,
     shutdown: watch::Sender<bool>,
+    /// Bumped each time a publisher claims a key, so waiting players look again.
+    published: watch::Sender<u64>,
 }
 
 /// Controls a running relay. Dropping it leaves the relay running; call
@@ -229,15 +254,21 @@ pub struct StreamStats {
     /// False when the name is itself a publish key: the stats API and watch page then show
     /// only `masked_key`.
     pub listed: bool,
-    /// Address of the publishing peer.
-    pub publisher: SocketAddr,
+    /// Address of the publishing peer; None while the stream waits for a publisher to come
+    /// back.
+    pub publisher: Option<SocketAddr>,
+    /// "live" while a publisher feeds the stream, "waiting" during the grace period after its
+    /// connection dropped (viewers stay connected, nothing is sent).
+    pub state: StreamState,
+    /// While waiting: seconds before the viewers are closed if no publisher comes back.
+    pub grace_left_secs: Option<f64>,
     /// Number of connected players (RTMP and HTTP-FLV).
     pub viewers: usize,
     /// Players over RTMP.
     pub rtmp_viewers: usize,
     /// Players over HTTP-FLV.
     pub http_viewers: usize,
-    /// Seconds since publishing started.
+    /// Seconds since the current publisher started (while waiting: since the last one left).
     pub uptime_secs: f64,
     /// Bytes received from the publisher since it connected.
     pub bytes_in: u64,
@@ -259,6 +290,16 @@ pub struct StreamStats {
     pub gop_cache_packets: usize,
     /// Payload bytes in the GOP cache.
     pub gop_cache_bytes: usize,
+}
+
+/// Whether a stream has a publisher, for stats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamState {
+    /// A publisher feeds the stream.
+    Live,
+    /// The publisher's connection dropped; the viewers wait for a new one.
+    Waiting,
 }
 
 impl RelayStats {
@@ -302,12 +343,15 @@ impl RelayStats {
                     _ => format!(" {}", v.codec),
                 })
                 .unwrap_or_default();
+            let state = match s.state {
+                StreamState::Live => format!("up {}s", s.uptime_secs as u64),
+                StreamState::Waiting => "waiting for the publisher".to_string(),
+            };
             line.push_str(&format!(
-                "; {}{video} {} viewer{} up {}s",
+                "; {}{video} {} viewer{} {state}",
                 s.masked_key,
                 s.viewers,
                 if s.viewers == 1 { "" } else { "s" },
-                s.uptime_secs as u64
             ));
         }
         if self.refused_connections > 0 {
@@ -366,6 +410,7 @@ pub async fn start_relay(config: RelayConfig) -> anyhow::Result<RelayHandle> {
     let relay = Arc::new(Relay::new(config));
     tracing::info!(%local_addr, "RTMP relay listening");
     tokio::spawn(accept_loop(listener, relay.clone(), Protocol::Rtmp));
+    tokio::spawn(close_abandoned_streams(relay.clone()));
     if let Some(l) = http_listener {
         tracing::info!(addr = %http_addr.unwrap_or(local_addr), "HTTP-FLV relay listening");
         tokio::spawn(accept_loop(l, relay.clone(), Protocol::Http));
@@ -393,6 +438,22 @@ fn bind_error(addr: SocketAddr, e: std::io::Error, flag: &str) -> anyhow::Error 
              use {flag} 127.0.0.1:PORT or 0.0.0.0:PORT"
         ),
         _ => anyhow::Error::new(e).context(format!("cannot listen on {addr}")),
+    }
+}
+
+/// How often streams waiting for a publisher are checked for the end of their grace period.
+const GRACE_CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// Closes the viewers of streams whose grace period ended without a publisher coming back.
+async fn close_abandoned_streams(relay: Arc<Relay>) {
+    let mut shutdown = relay.shutdown.subscribe();
+    let mut tick = tokio::time::interval(GRACE_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = tick.tick() => relay.close_abandoned(Instant::now()),
+        }
     }
 }
 
@@ -552,6 +613,7 @@ impl Relay {
             refused: AtomicU64::new(0),
             started_at: Instant::now(),
             shutdown: watch::channel(false).0,
+            published: watch::channel(0).0,
         }
     }
 
@@ -568,6 +630,7 @@ impl Relay {
 
     /// Current streams and their counters, sorted by key.
     pub fn stats(&self) -> RelayStats {
+        let now = Instant::now();
         let streams = self.streams();
         let mut list: Vec<StreamStats> = streams
             .iter()
@@ -578,6 +641,12 @@ impl Relay {
                     masked_key: s.display_key.clone(),
                     listed: s.listed,
                     publisher: s.publisher_addr,
+                    state: if s.is_live() {
+                        StreamState::Live
+                    } else {
+                        StreamState::Waiting
+                    },
+                    grace_left_secs: s.grace_left(now).map(|d| d.as_secs_f64()),
                     viewers: s.viewers(),
                     rtmp_viewers: s.viewers_of(ViewerKind::Rtmp),
                     http_viewers: s.viewers_of(ViewerKind::Http),
@@ -631,7 +700,8 @@ impl Relay {
         }
     }
 
-    /// Claims `key` for publisher `id`; false if someone else is publishing on it.
+    /// Claims `key` for publisher `id`; false if someone else is publishing on it. A stream
+    /// waiting for its publisher to come back is taken over, viewers and all.
     fn start_publish(
         &self,
         key: &str,
@@ -641,23 +711,47 @@ impl Relay {
         listed: bool,
     ) -> bool {
         let mut streams = self.streams();
-        if streams.contains_key(key) {
-            return false;
+        match streams.get_mut(key) {
+            Some(s) if s.is_live() => return false,
+            Some(s) => {
+                tracing::info!(
+                    stream = %s.display_key,
+                    viewers = s.viewers(),
+                    "publisher is back: viewers resume on its first keyframe"
+                );
+                s.resume(id, addr, listed);
+            }
+            None => {
+                let mut stream = Stream::new(display_key, id, addr)
+                    .with_queue_capacity(self.config.player_queue)
+                    .with_merge_window(self.config.merge_window);
+                stream.listed = listed;
+                streams.insert(key.to_string(), stream);
+            }
         }
-        let mut stream = Stream::new(display_key, id, addr)
-            .with_queue_capacity(self.config.player_queue)
-            .with_merge_window(self.config.merge_window);
-        stream.listed = listed;
-        streams.insert(key.to_string(), stream);
+        drop(streams);
+        self.published.send_modify(|n| *n = n.wrapping_add(1));
         true
     }
 
-    /// Removes the stream if `id` is its publisher. Dropping it closes every player queue, so
+    /// Ends publisher `id`'s session on `key`. A publisher that ended its stream (`finished`)
+    /// takes it away with it; one whose connection dropped leaves its viewers waiting for the
+    /// grace period, unless it had none. A removed stream closes every player queue, so
     /// players drain what they have and then finish.
-    fn end_publish(&self, key: &str, id: u64) -> bool {
+    fn end_publish(&self, key: &str, id: u64, finished: bool) -> bool {
         let mut streams = self.streams();
-        match streams.get(key) {
-            Some(s) if s.publisher_id == id => {
+        match streams.get_mut(key) {
+            Some(s) if s.publisher_id == Some(id) => {
+                let grace = self.config.publisher_grace;
+                if !finished && !grace.is_zero() && s.viewers() > 0 {
+                    s.publisher_left(resume::deadline_after(Instant::now(), grace));
+                    tracing::info!(
+                        stream = %s.display_key,
+                        viewers = s.viewers(),
+                        "publisher dropped: viewers wait up to {grace:?} for it to come back"
+                    );
+                    return true;
+                }
                 let mut stream = streams.remove(key);
                 // Players get what was still waiting in the merge window, then the end.
                 if let Some(s) = stream.as_mut() {
@@ -671,16 +765,50 @@ impl Relay {
         }
     }
 
+    /// Closes the players of streams whose wait for a publisher is over (and forgets
+    /// waiting streams nobody watches any more).
+    fn close_abandoned(&self, now: Instant) {
+        let mut streams = self.streams();
+        let over: Vec<String> = streams
+            .iter()
+            .filter(|(_, s)| s.wait_is_over(now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut closed = Vec::with_capacity(over.len());
+        for key in over {
+            if let Some(s) = streams.remove(&key) {
+                if s.viewers() > 0 {
+                    tracing::info!(
+                        stream = %s.display_key,
+                        viewers = s.viewers(),
+                        "no publisher came back within {:?}: closing the viewers",
+                        self.config.publisher_grace
+                    );
+                }
+                closed.push(s);
+            }
+        }
+        drop(streams);
+        drop(closed);
+    }
+
+    /// A receiver that changes each time a publisher claims a key; players waiting for a
+    /// stream subscribe before looking for it, so no publisher can slip in between.
+    fn publishes(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
     /// Runs `f` on the stream published by `id` on `key`.
     fn with_published<R>(&self, key: &str, id: u64, f: impl FnOnce(&mut Stream) -> R) -> Option<R> {
         let mut streams = self.streams();
         match streams.get_mut(key) {
-            Some(s) if s.publisher_id == id => Some(f(s)),
+            Some(s) if s.publisher_id == Some(id) => Some(f(s)),
             _ => None,
         }
     }
 
-    /// Adds a player to a published stream; None if nobody publishes on `key`.
+    /// Adds a player to a stream that is published (or waiting for its publisher to come
+    /// back); None if there is no such stream on `key`.
     fn join(
         &self,
         key: &str,
@@ -696,10 +824,17 @@ impl Relay {
         ))
     }
 
-    /// Removes a player (no-op if the stream or the player is already gone).
+    /// Removes a player (no-op if the stream or the player is already gone). A stream
+    /// waiting for its publisher goes with its last player.
     fn leave(&self, key: &str, id: u64) {
-        if let Some(s) = self.streams().get_mut(key) {
+        let mut streams = self.streams();
+        if let Some(s) = streams.get_mut(key) {
             s.remove_player(id);
+            if s.wait_is_over(Instant::now()) {
+                let gone = streams.remove(key);
+                drop(streams);
+                drop(gone);
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use super::chunk_guard::{ChunkGuard, MAX_COMMAND_SIZE};
 use super::gop_cache::MediaMessage;
 use super::outbox::Outbox;
-use super::stream::{Kick, PlayerItem, ViewerKind};
+use super::stream::{Kick, PlayerFeed, PlayerItem, ViewerKind};
 use super::wire::CHUNK_SIZE;
 use super::{masked_stream_id, split_stream_name, stream_id, PublishAuth, Relay};
 use crate::media::MediaKind;
@@ -192,6 +192,16 @@ enum Role {
         display_key: String,
         stream_id: u32,
     },
+    /// Asked to play a key nobody publishes yet: the request is answered once a publisher
+    /// claims the key (accepted) or when the wait is over (refused).
+    Waiting {
+        key: String,
+        display_key: String,
+        request_id: u32,
+        stream_id: u32,
+        /// When to give up (None: never, for a grace period too long to represent).
+        until: Option<Instant>,
+    },
 }
 
 struct Connection {
@@ -208,6 +218,10 @@ struct Connection {
     kick: Option<oneshot::Receiver<Kick>>,
     /// The stream's counter of bytes sent to viewers (players only).
     bytes_out: Option<Arc<AtomicU64>>,
+    /// Changes when a publisher claims a key (waiting players only); holds no media.
+    publishes: Option<watch::Receiver<u64>>,
+    /// The publisher ended its stream itself (`deleteStream`), rather than dropping.
+    unpublished: bool,
 }
 
 /// What handling some input asks the connection loop to do.
@@ -234,6 +248,8 @@ impl Connection {
             items: None,
             kick: None,
             bytes_out: None,
+            publishes: None,
+            unpublished: false,
         };
         conn.handle_results(initial)?;
         Ok(conn)
@@ -277,6 +293,7 @@ impl Connection {
                 Role::Pending => Some(setup_deadline),
                 Role::Publisher { .. } => Some(last_read + idle),
                 Role::Player { .. } => None,
+                Role::Waiting { until, .. } => until,
             };
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(Ending::Drop),
@@ -322,6 +339,13 @@ impl Connection {
                     Some(Kick::TooSlow) => return Ok(Ending::Drop),
                     None => self.kick = None,
                 },
+                changed = publish_changed(&mut self.publishes) => {
+                    if changed {
+                        self.retry_join()?;
+                    } else {
+                        self.publishes = None;
+                    }
+                }
                 _ = tick_opt(&mut merge_tick), if matches!(self.role, Role::Publisher { .. }) => {
                     // The publisher went quiet: hand out what waits in the merge window.
                     self.flush_due();
@@ -329,6 +353,10 @@ impl Connection {
                 _ = sleep_until_opt(deadline) => match self.role {
                     Role::Pending => {
                         bail!("neither publish nor play requested within {idle:?}")
+                    }
+                    Role::Waiting { .. } => {
+                        self.stop_waiting()?;
+                        return Ok(Ending::Flush);
                     }
                     _ => bail!("publisher sent nothing for {idle:?}"),
                 },
@@ -436,8 +464,11 @@ impl Connection {
                 stream_id,
                 ..
             } => return self.on_play_request(request_id, &app_name, &stream_key, stream_id),
-            ServerSessionEvent::PublishStreamFinished { .. }
-            | ServerSessionEvent::PlayStreamFinished { .. } => return Ok(Flow::Close),
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                self.unpublished = true;
+                return Ok(Flow::Close);
+            }
+            ServerSessionEvent::PlayStreamFinished { .. } => return Ok(Flow::Close),
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
                 if let Role::Publisher { key, .. } = &self.role {
                     self.relay
@@ -544,30 +575,108 @@ impl Connection {
             );
         }
         let key = stream_id(app, name);
-        let Some((feed, display_key)) = self.relay.join(&key, self.id, self.peer, ViewerKind::Rtmp)
-        else {
-            tracing::info!(
-                peer = %self.peer,
-                stream = %masked_stream_id(app, name),
-                "play refused: nothing is published on this key"
-            );
-            return self.reject(
-                request_id,
-                "NetStream.Play.StreamNotFound",
-                "nothing is being published on this stream key",
-            );
+        let display_key = masked_stream_id(app, name);
+        // Subscribed before looking, so a publisher arriving in between is not missed.
+        let publishes = self.relay.publishes();
+        if let Some((feed, display_key)) =
+            self.relay.join(&key, self.id, self.peer, ViewerKind::Rtmp)
+        {
+            tracing::info!(peer = %self.peer, stream = %display_key, "player joined");
+            return self.start_playing(request_id, key, display_key, stream_id_on_connection, feed);
+        }
+        let grace = self.relay.config.publisher_grace;
+        if grace.is_zero() {
+            return self.refuse_not_found(request_id, &display_key);
+        }
+        tracing::info!(
+            peer = %self.peer,
+            stream = %display_key,
+            "nothing is published on this key yet: the player waits up to {grace:?}"
+        );
+        self.role = Role::Waiting {
+            key,
+            display_key,
+            request_id,
+            stream_id: stream_id_on_connection,
+            until: Instant::now().checked_add(grace),
         };
-        tracing::info!(peer = %self.peer, stream = %display_key, "player joined");
+        self.publishes = Some(publishes);
+        Ok(Flow::Continue)
+    }
+
+    /// Answers a play request for a key nobody publishes on.
+    fn refuse_not_found(&mut self, request_id: u32, display_key: &str) -> anyhow::Result<Flow> {
+        tracing::info!(
+            peer = %self.peer,
+            stream = %display_key,
+            "play refused: nothing is published on this key"
+        );
+        self.reject(
+            request_id,
+            "NetStream.Play.StreamNotFound",
+            "nothing is being published on this stream key",
+        )
+    }
+
+    /// Accepts a play request and starts feeding the player from `feed`.
+    fn start_playing(
+        &mut self,
+        request_id: u32,
+        key: String,
+        display_key: String,
+        stream_id: u32,
+        feed: PlayerFeed,
+    ) -> anyhow::Result<Flow> {
         self.role = Role::Player {
             key,
             display_key,
-            stream_id: stream_id_on_connection,
+            stream_id,
         };
         self.items = Some(feed.items);
         self.kick = Some(feed.kick);
         self.bytes_out = Some(feed.bytes_out);
+        self.publishes = None;
         self.accept(request_id)?;
         Ok(Flow::Continue)
+    }
+
+    /// A publisher claimed some key: if it is the one this player waits for, start playing.
+    fn retry_join(&mut self) -> anyhow::Result<()> {
+        let Role::Waiting { key, .. } = &self.role else {
+            self.publishes = None;
+            return Ok(());
+        };
+        let Some((feed, display_key)) = self.relay.join(key, self.id, self.peer, ViewerKind::Rtmp)
+        else {
+            return Ok(());
+        };
+        let Role::Waiting {
+            key,
+            request_id,
+            stream_id,
+            ..
+        } = std::mem::replace(&mut self.role, Role::Pending)
+        else {
+            return Ok(());
+        };
+        tracing::info!(peer = %self.peer, stream = %display_key, "waiting player joined");
+        self.start_playing(request_id, key, display_key, stream_id, feed)?;
+        Ok(())
+    }
+
+    /// The wait for a publisher is over: refuse the play request as if it had just come.
+    fn stop_waiting(&mut self) -> anyhow::Result<()> {
+        let Role::Waiting {
+            display_key,
+            request_id,
+            ..
+        } = std::mem::replace(&mut self.role, Role::Pending)
+        else {
+            return Ok(());
+        };
+        self.publishes = None;
+        self.refuse_not_found(request_id, &display_key)?;
+        Ok(())
     }
 
     /// Queues one item for this player, using the shared encoding when it fits.
@@ -613,8 +722,11 @@ impl Connection {
         match std::mem::replace(&mut self.role, Role::Pending) {
             Role::Pending => tracing::debug!(peer = %self.peer, "connection closed"),
             Role::Publisher { key, display_key } => {
-                self.relay.end_publish(&key, self.id);
+                self.relay.end_publish(&key, self.id, self.unpublished);
                 tracing::info!(peer = %self.peer, stream = %display_key, "publisher disconnected");
+            }
+            Role::Waiting { display_key, .. } => {
+                tracing::info!(peer = %self.peer, stream = %display_key, "waiting player left");
             }
             Role::Player {
                 key, display_key, ..
@@ -673,6 +785,15 @@ async fn next_item(items: &mut Option<mpsc::Receiver<PlayerItem>>) -> Option<Pla
 async fn kicked(kick: &mut Option<oneshot::Receiver<Kick>>) -> Option<Kick> {
     match kick {
         Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// True when a publisher claimed a key; false once the relay is gone; pending forever when
+/// the connection waits for nothing.
+async fn publish_changed(publishes: &mut Option<watch::Receiver<u64>>) -> bool {
+    match publishes {
+        Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
     }
 }

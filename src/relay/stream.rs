@@ -1,5 +1,7 @@
 //! One published stream inside the relay: the codec headers and GOP cache a joining player
-//! needs, and the fan-out of live media to every player through bounded queues.
+//! needs, and the fan-out of live media to every player through bounded queues. A stream
+//! outlives a publisher whose connection dropped for a grace period (see [`super::resume`]),
+//! keeping its players until a new publisher takes over.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{parse_aac_sequence_header, parse_avc_sequence_header, AacInfo, AvcInfo};
 use super::gop_cache::{GopCache, GopPush, MediaMessage};
+use super::resume::Timeline;
 use super::wire::{Frame, FrameKind, SharedFrame};
 use crate::media::MediaKind;
 
@@ -117,19 +120,30 @@ impl RateMeter {
     }
 }
 
-/// State of one stream key while its publisher is connected.
+/// State of one stream key while it has a publisher, or while its players wait for a new
+/// one after the publisher's connection dropped.
 #[derive(Debug)]
 pub struct Stream {
     /// `app/key`, masked for logs.
     pub display_key: String,
-    /// Connection id of the publisher, so only it can feed or end the stream.
-    pub publisher_id: u64,
-    /// Publisher's address, for stats.
-    pub publisher_addr: SocketAddr,
+    /// Connection id of the publisher, so only it can feed or end the stream; None while the
+    /// stream waits for a publisher to come back.
+    pub publisher_id: Option<u64>,
+    /// Publisher's address, for stats; None while waiting.
+    pub publisher_addr: Option<SocketAddr>,
     /// False when the stream's name is itself a publish key: it is then never listed in full.
     pub listed: bool,
-    /// When publishing started.
+    /// When the current publisher started (or, while waiting, when the last one left).
     pub started_at: Instant,
+    /// While waiting for a publisher: when the wait ends and the players are closed (None: a
+    /// grace period too long to represent, which never ends).
+    waiting_until: Option<Instant>,
+    /// Publisher timestamps mapped onto the players' continuous timeline.
+    timeline: Timeline,
+    /// Publishers that have fed this stream, the current one included.
+    sessions: u32,
+    /// The current publisher sent video (a sequence header at least).
+    session_has_video: bool,
     /// Bytes read from the publisher.
     pub bytes_in: u64,
     /// Video messages received, sequence headers included.
@@ -186,10 +200,14 @@ impl Stream {
     pub fn new(display_key: String, publisher_id: u64, publisher_addr: SocketAddr) -> Self {
         Stream {
             display_key,
-            publisher_id,
-            publisher_addr,
+            publisher_id: Some(publisher_id),
+            publisher_addr: Some(publisher_addr),
             listed: true,
             started_at: Instant::now(),
+            waiting_until: None,
+            timeline: Timeline::new(),
+            sessions: 1,
+            session_has_video: false,
             bytes_in: 0,
             video_packets_in: 0,
             audio_packets_in: 0,
@@ -221,6 +239,57 @@ impl Stream {
     pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity.max(1);
         self
+    }
+
+    /// True while a publisher feeds the stream; false during the grace period after it left.
+    pub fn is_live(&self) -> bool {
+        self.publisher_id.is_some()
+    }
+
+    /// Time left before a waiting stream closes its players; None while live (or when the
+    /// grace period never ends).
+    pub fn grace_left(&self, now: Instant) -> Option<Duration> {
+        if self.is_live() {
+            return None;
+        }
+        self.waiting_until
+            .map(|until| until.saturating_duration_since(now))
+    }
+
+    /// The publisher's connection dropped: keep the players, waiting until `until` (None:
+    /// forever) for a new publisher. The GOP cache is emptied so nobody is served the departed
+    /// publisher's last pictures as if live, and every player will resume on the new
+    /// publisher's first keyframe.
+    pub fn publisher_left(&mut self, until: Option<Instant>) {
+        self.flush();
+        self.publisher_id = None;
+        self.publisher_addr = None;
+        self.started_at = Instant::now();
+        self.waiting_until = until;
+        self.gop.reset();
+        for slot in self.players.values_mut() {
+            slot.started = false;
+        }
+    }
+
+    /// A new publisher took over a waiting stream: its media continues the players'
+    /// timeline, and its sequence headers reach them before its first keyframe.
+    pub fn resume(&mut self, publisher_id: u64, publisher_addr: SocketAddr, listed: bool) {
+        self.publisher_id = Some(publisher_id);
+        self.publisher_addr = Some(publisher_addr);
+        self.listed = listed;
+        self.started_at = Instant::now();
+        self.waiting_until = None;
+        self.timeline.new_session();
+        self.sessions = self.sessions.saturating_add(1);
+        self.session_has_video = false;
+    }
+
+    /// True when a waiting stream is due to go: its grace period is over, or nobody is left
+    /// to wait for the publisher.
+    pub fn wait_is_over(&self, now: Instant) -> bool {
+        !self.is_live()
+            && (self.players.is_empty() || self.waiting_until.is_some_and(|until| until <= now))
     }
 
     /// Number of connected players.
@@ -372,7 +441,13 @@ impl Stream {
 
     /// Stores new metadata and forwards it to every player.
     pub fn set_metadata(&mut self, metadata: StreamMetadata) {
-        let frame = Frame::metadata(&metadata);
+        // After a publisher switch, metadata at 0 would step back on the players' timeline.
+        let ts = if self.sessions > 1 {
+            self.timeline.last().unwrap_or(0)
+        } else {
+            0
+        };
+        let frame = Frame::metadata_at(&metadata, ts);
         self.metadata = Some(metadata);
         self.metadata_frame = Some(frame.clone());
         self.dispatch(frame, true, false);
@@ -385,7 +460,16 @@ impl Stream {
             MediaKind::Video => self.video_packets_in += 1,
             MediaKind::Audio => self.audio_packets_in += 1,
         }
-        let frame = Frame::media(message.kind, message.timestamp.value, message.data);
+        // A new publisher's timeline starts on what viewers resume on: its first keyframe, or
+        // its first audio frame if it sends no video.
+        if message.kind == MediaKind::Video {
+            self.session_has_video = true;
+        }
+        let anchor = !message.is_sequence_header()
+            && (message.is_keyframe()
+                || (message.kind == MediaKind::Audio && !self.session_has_video));
+        let ts = self.timeline.map(message.timestamp.value, anchor);
+        let frame = Frame::media(message.kind, ts, message.data);
         if frame.is_sequence_header() {
             match frame.kind {
                 FrameKind::Video => {

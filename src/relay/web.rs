@@ -109,7 +109,10 @@ function render(streams) {
     cell(row, describeAudio(s.audio));
     cell(row, Math.round(s.bitrate_in_kbps) + " kbit/s");
     cell(row, s.viewers + " (" + s.rtmp_viewers + " rtmp, " + s.http_viewers + " http)");
-    cell(row, Math.floor(s.uptime_secs) + " s");
+    cell(row, s.state === "waiting"
+      ? "waiting for the publisher" +
+        (s.grace_left_secs == null ? "" : " (" + Math.ceil(s.grace_left_secs) + " s left)")
+      : Math.floor(s.uptime_secs) + " s");
     const td = document.createElement("td");
     const button = document.createElement("button");
     button.textContent = onair.playing === s.key ? "Playing" : "Watch";

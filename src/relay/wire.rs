@@ -99,7 +99,13 @@ impl Frame {
 
     /// Frames the publisher's metadata as an `onMetaData` message, timestamp 0.
     pub fn metadata(metadata: &StreamMetadata) -> SharedFrame {
-        Self::build(FrameKind::Metadata, 0, on_metadata_body(metadata))
+        Self::metadata_at(metadata, 0)
+    }
+
+    /// Frames the publisher's metadata at `timestamp`: a stream resumed after a publisher
+    /// blip sends the new metadata mid-stream, where timestamp 0 would step back in time.
+    pub fn metadata_at(metadata: &StreamMetadata, timestamp: u32) -> SharedFrame {
+        Self::build(FrameKind::Metadata, timestamp, on_metadata_body(metadata))
     }
 
     fn build(kind: FrameKind, timestamp: u32, body: Bytes) -> SharedFrame {
