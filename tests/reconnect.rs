@@ -276,3 +276,116 @@ fn a_primary_down_at_start_goes_to_the_backup_at_once() {
     assert!(sent >= 60, "{sent} video frames reached the backup:\n{log}");
     backup.shutdown();
 }
+
+/// A proxy whose existing connections can be frozen: nothing passes either way and nothing
+/// is closed, as when a network vanishes without a FIN. Later connections pass normally.
+struct FreezingProxy {
+    addr: SocketAddr,
+    freeze: tokio::sync::watch::Sender<bool>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: SocketAddr) -> FreezingProxy {
+        // A small receive buffer, as a real path has: once frozen, the publisher's bytes stop
+        // being acknowledged almost at once instead of filling a large kernel buffer here.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (freeze, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                // a connection made while frozen is never frozen
+                let frozen_at_start = *rx.borrow();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (r, w) in [(cr, sw), (sr, cw)] {
+                    let mut rx = rx.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let (mut r, mut w) = (r, w);
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            tokio::select! {
+                                n = r.read(&mut buf) => match n {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => if w.write_all(&buf[..n]).await.is_err() { break },
+                                },
+                                _ = async { let _ = rx.wait_for(|f| *f).await; }, if !frozen_at_start => {
+                                    // hold both sockets open, pass nothing
+                                    tokio::time::sleep(Duration::from_secs(60)).await;
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        FreezingProxy { addr, freeze }
+    }
+}
+
+#[test]
+fn a_link_that_vanishes_without_a_fin_is_detected_and_the_relay_hands_the_key_over() {
+    let rt = support_runtime();
+    rt.block_on(async {
+        let relay = relay().await;
+        let proxy = FreezingProxy::start(relay.local_addr).await;
+        let url = format!("rtmp://{}/live/frozen", proxy.addr);
+        let mut cfg = config(&url, 0);
+        cfg.stall_timeout = Duration::from_secs(2);
+        let (headers, clip) = encoded_clip();
+        let (tx, rx) = mpsc::channel(512);
+        let stats = Arc::new(Stats::default());
+        let control = EncoderControl::new(400);
+        let end = Instant::now() + Duration::from_secs(10);
+        tokio::spawn(feed(tx, clip, end));
+        let output = run_output(
+            &cfg,
+            &headers,
+            None,
+            rx,
+            &control,
+            &stats,
+            Duration::from_secs(1),
+            |_| {},
+        );
+        let freeze = async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            proxy.freeze.send_replace(true);
+            std::future::pending::<()>().await
+        };
+        let result = tokio::select! {
+            r = output => r,
+            _ = freeze => unreachable!(),
+        };
+        let log = stats.events().join("\n");
+        assert!(result.is_ok(), "{result:?}\n{log}");
+        assert!(log.contains("delivered nothing for 2 s"), "{log}");
+        // the relay let the reconnecting publisher take its own key back
+        assert!(log.contains("reconnected to"), "{log}");
+        assert!(!log.contains("refused"), "{log}");
+        let reconnected_at: f64 = log
+            .lines()
+            .find(|l| l.contains("] reconnected to"))
+            .and_then(|l| {
+                l.trim_start_matches('[')
+                    .split(" s]")
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap();
+        assert!(
+            (4.5..7.5).contains(&reconnected_at),
+            "reconnected at {reconnected_at} s:\n{log}"
+        );
+        relay.shutdown();
+    });
+}

@@ -76,6 +76,10 @@ pub struct OutputConfig {
     pub send_buffer: Option<u32>,
     /// Told the pts of each video packet once its last byte is in the socket (latency report).
     pub on_video_written: Option<WrittenHook>,
+    /// A connection that has data to deliver and delivers none of it for this long is dead
+    /// (a link that vanished without a FIN, e.g. after a change of network): reconnect
+    /// instead of waiting minutes for TCP to give up.
+    pub stall_timeout: Duration,
 }
 
 /// A callback taking the pts of a video packet that was fully written to the socket, so the
@@ -108,6 +112,7 @@ impl OutputConfig {
             audio_kbps,
             send_buffer: Some(send_buffer_for(video_kbps + audio_kbps)),
             on_video_written: None,
+            stall_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -176,6 +181,9 @@ struct Output<'a> {
     connecting: Option<ConnectFuture>,
     bytes_sent_before: u64,
     last_sample: (Instant, u64),
+    /// Bytes the peer had taken (written minus still in the socket) at the last progress,
+    /// and when: see [`OutputConfig::stall_timeout`].
+    delivered: (u64, Instant),
 }
 
 impl Output<'_> {
@@ -312,6 +320,30 @@ impl Output<'_> {
             ));
         }
         self.last_sample = (Instant::now(), self.bytes_sent());
+        self.delivered = (0, Instant::now());
+    }
+
+    /// Fails the connection when it has had data to deliver and delivered none of it for
+    /// [`OutputConfig::stall_timeout`].
+    fn check_stall(&mut self) -> Result<(), PublishError> {
+        let Some(conn) = self.conn.as_ref() else {
+            return Ok(());
+        };
+        let unsent = conn.unsent_bytes().unwrap_or(0);
+        let delivered = conn.bytes_sent.saturating_sub(unsent);
+        let waiting = unsent > 0 || !self.queue.is_empty() || self.outpos < self.outbuf.len();
+        if delivered != self.delivered.0 || !waiting {
+            self.delivered = (delivered, Instant::now());
+            return Ok(());
+        }
+        let stalled = self.delivered.1.elapsed();
+        if stalled < self.cfg.stall_timeout {
+            return Ok(());
+        }
+        Err(PublishError::Stalled {
+            addr: self.current_url().address(),
+            secs: stalled.as_secs(),
+        })
     }
 
     /// Moves the next packet (and pending answers) into the write buffer.
@@ -494,6 +526,7 @@ pub async fn run_output(
         connecting: None,
         bytes_sent_before: 0,
         last_sample: (Instant::now(), 0),
+        delivered: (0, Instant::now()),
     };
     match first {
         Some(conn) => {
@@ -606,7 +639,12 @@ pub async fn run_output(
                     Err(e) => out.on_failure(e)?,
                 }
             }
-            Event::Tick => out.sample(!input_open),
+            Event::Tick => {
+                out.sample(!input_open);
+                if let Err(e) = out.check_stall() {
+                    out.on_failure(e)?;
+                }
+            }
         }
     }
     out.sample(true);

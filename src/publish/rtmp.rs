@@ -39,6 +39,8 @@ pub enum PublishError {
     Protocol(String),
     #[error("network error while streaming to {addr}: {cause}")]
     Io { addr: String, cause: std::io::Error },
+    #[error("the connection to {addr} delivered nothing for {secs} s: the link is gone (a changed network or a dead route)")]
+    Stalled { addr: String, secs: u64 },
     #[error("the stream never went live ({attempts} failed attempt(s)); the last one: {last}")]
     NeverLive { attempts: u32, last: String },
 }

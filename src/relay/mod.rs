@@ -48,6 +48,9 @@ pub use gop_cache::{
 pub use stream::{AudioParams, VideoParams, ViewerKind};
 use stream::{PlayerFeed, Stream};
 
+/// How long a publisher must have been silent before a new connection from the same address
+/// may take its stream key over (a reconnect after a blip the relay did not see).
+pub const TAKEOVER_SILENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Default most simultaneous connections (publishers, players, HTTP clients, and peers still
 /// handshaking), so a flood of sockets cannot exhaust file descriptors or memory.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -712,6 +715,17 @@ impl Relay {
     ) -> bool {
         let mut streams = self.streams();
         match streams.get_mut(key) {
+            Some(s) if s.can_take_over(addr, TAKEOVER_SILENCE) => {
+                tracing::warn!(
+                    stream = %s.display_key,
+                    viewers = s.viewers(),
+                    "publisher reconnected while its old connection was silent for {} s: \
+                     the new connection takes over, viewers resume on its first keyframe",
+                    TAKEOVER_SILENCE.as_secs()
+                );
+                s.publisher_left(None);
+                s.resume(id, addr, listed);
+            }
             Some(s) if s.is_live() => return false,
             Some(s) => {
                 tracing::info!(

@@ -135,6 +135,9 @@ pub struct Stream {
     pub listed: bool,
     /// When the current publisher started (or, while waiting, when the last one left).
     pub started_at: Instant,
+    /// When the publisher last sent anything: a publisher silent for long whose address
+    /// publishes the key again has lost its link (see [`Stream::can_take_over`]).
+    last_input: Instant,
     /// While waiting for a publisher: when the wait ends and the players are closed (None: a
     /// grace period too long to represent, which never ends).
     waiting_until: Option<Instant>,
@@ -204,6 +207,7 @@ impl Stream {
             publisher_addr: Some(publisher_addr),
             listed: true,
             started_at: Instant::now(),
+            last_input: Instant::now(),
             waiting_until: None,
             timeline: Timeline::new(),
             sessions: 1,
@@ -256,6 +260,17 @@ impl Stream {
             .map(|until| until.saturating_duration_since(now))
     }
 
+    /// Whether a new publisher from `addr` may take the key from the current one: the same
+    /// machine publishing again while its old connection has sent nothing for `silence` is a
+    /// publisher reconnecting over a link whose old connection the relay has not seen die yet
+    /// (no FIN after a network blip). Refusing it would make the publisher give up on a key it
+    /// owns.
+    pub fn can_take_over(&self, addr: SocketAddr, silence: Duration) -> bool {
+        self.is_live()
+            && self.publisher_addr.is_some_and(|a| a.ip() == addr.ip())
+            && self.last_input.elapsed() >= silence
+    }
+
     /// The publisher's connection dropped: keep the players, waiting until `until` (None:
     /// forever) for a new publisher. The GOP cache is emptied so nobody is served the departed
     /// publisher's last pictures as if live, and every player will resume on the new
@@ -279,6 +294,7 @@ impl Stream {
         self.publisher_addr = Some(publisher_addr);
         self.listed = listed;
         self.started_at = Instant::now();
+        self.last_input = Instant::now();
         self.waiting_until = None;
         self.timeline.new_session();
         self.sessions = self.sessions.saturating_add(1);
@@ -325,6 +341,7 @@ impl Stream {
 
     /// Counts bytes read from the publisher.
     pub fn count_bytes_in(&mut self, n: usize) {
+        self.last_input = Instant::now();
         self.bytes_in += n as u64;
         let out = self.bytes_out();
         self.meter.record(Instant::now(), self.bytes_in, out);
