@@ -83,17 +83,68 @@ fn sighup_stops_live_like_ctrl_c() {
 }
 
 #[test]
-fn sigterm_stops_the_relay_cleanly() {
+fn sigterm_stops_the_relay_and_ends_its_viewers_streams() {
     let port = free_port();
+    let http_port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let http = format!("127.0.0.1:{http_port}");
     let mut relay = ChildGuard::spawn(
         Command::new(onair())
-            .args(["relay", "--listen", &listen, "--no-http"])
+            .args(["relay", "--listen", &listen, "--http", &http])
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
     );
     wait_for_port(port, Duration::from_secs(20));
+    let url = format!("rtmp://{listen}/live/term");
+    let _publisher = ChildGuard::spawn(
+        Command::new(onair())
+            .args(["live", "--url", &url, "--size", "320x240", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let rtmp_out = dir.path().join("rtmp.flv");
+    let http_out = dir.path().join("http.flv");
+    let mut rtmp_viewer = support::record_stream(&url, &rtmp_out, &[]);
+    let mut http_viewer =
+        support::record_stream(&format!("http://{http}/live/term.flv"), &http_out, &[]);
+    // Two viewers that look at how the stream ends: an RTMP player and a raw HTTP/1.1 client.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let player_url = onair::publish::url::RtmpUrl::parse(&url).unwrap();
+    let mut player = rt
+        .block_on(onair::qa::player::RtmpPlayer::connect(
+            &player_url,
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    let raw_http = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&http).unwrap();
+        s.write_all(b"GET /live/term.flv HTTP/1.1\r\nHost: relay\r\n\r\n")
+            .unwrap();
+        let mut body = Vec::new();
+        let _ = s.read_to_end(&mut body);
+        body
+    });
+    std::thread::sleep(Duration::from_secs(3));
     signal(&relay, libc::SIGTERM);
+    let ended = rt.block_on(async {
+        while let Ok(Some(_)) = player.next_event().await {}
+        player.end_status().map(str::to_string)
+    });
+    assert!(
+        ended
+            .as_deref()
+            .is_some_and(|c| c.contains("Unpublish") || c.contains("Stop")),
+        "the RTMP player was not told the stream ended: {ended:?}"
+    );
+    let body = raw_http.join().unwrap();
+    assert!(
+        body.len() > 10_000 && body.ends_with(b"0\r\n\r\n"),
+        "HTTP-FLV body of {} bytes without its last chunk",
+        body.len()
+    );
     let status = relay
         .wait_timeout(Duration::from_secs(10))
         .expect("relay did not stop");
@@ -103,8 +154,29 @@ fn sigterm_stops_the_relay_cleanly() {
         log.contains("relay stopping (SIGTERM)") && log.contains("relay stopped"),
         "{log}"
     );
-    // the listener is closed
-    assert!(std::net::TcpStream::connect(&listen).is_err());
+    assert!(
+        std::net::TcpStream::connect(&listen).is_err(),
+        "still listening"
+    );
+    // Both viewers were told the stream ended: ffmpeg finishes its file and exits 0.
+    for (viewer, out) in [(&mut rtmp_viewer, &rtmp_out), (&mut http_viewer, &http_out)] {
+        let status = viewer
+            .wait_timeout(Duration::from_secs(10))
+            .expect("viewer still waiting after the relay stopped");
+        assert!(
+            status.success(),
+            "{}: {}",
+            out.display(),
+            viewer.stderr_string()
+        );
+        let frames = ffprobe_packets(out, "v");
+        assert!(
+            frames.len() >= 30,
+            "{}: {} frames",
+            out.display(),
+            frames.len()
+        );
+    }
 }
 
 #[test]

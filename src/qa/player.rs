@@ -65,6 +65,8 @@ pub struct RtmpPlayer {
     /// Bytes to send to the server (acknowledgements, pings), written before the next read.
     outbound: BytesMut,
     ended: bool,
+    /// The onStatus code with which the server ended the stream, if it said so.
+    end_status: Option<String>,
     url_for_errors: String,
 }
 
@@ -123,6 +125,7 @@ impl RtmpPlayer {
             pending: VecDeque::new(),
             outbound: BytesMut::new(),
             ended: false,
+            end_status: None,
             url_for_errors: url.to_string(),
         };
         player.queue_results(initial)?;
@@ -213,6 +216,12 @@ impl RtmpPlayer {
         Ok(())
     }
 
+    /// How the server ended the stream (`NetStream.Play.UnpublishNotify`, …); None while
+    /// playing, or when the connection just closed without a word.
+    pub fn end_status(&self) -> Option<&str> {
+        self.end_status.as_deref()
+    }
+
     /// The next event; `None` once the server has ended the stream or closed the connection.
     ///
     /// Cancel-safe: dropping the future loses no event.
@@ -292,7 +301,8 @@ impl RtmpPlayer {
             ClientSessionEvent::UnhandleableOnStatusCode { code }
                 if END_CODES.contains(&code.as_str()) =>
             {
-                self.ended = true
+                self.ended = true;
+                self.end_status = Some(code);
             }
             _ => {}
         }

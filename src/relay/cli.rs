@@ -130,6 +130,11 @@ pub async fn run(settings: RelaySettings, args: RelayArgs) -> anyhow::Result<()>
         }
     }
     handle.shutdown();
+    // Give the connections a moment to send their players the end of the stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while handle.stats().connections > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     eprintln!("relay stopped");
     Ok(())
 }

@@ -423,7 +423,8 @@ async fn play_flv(
             }
             let want_media = items.is_some() && outbox.len() < OUTBOUND_HIGH_WATER;
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(false),
+                // The relay is stopping: finish the body, as when the publisher stops.
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(true),
                 read = reader.read(&mut scratch) => {
                     // Anything after the request is ignored; end of input means the client left.
                     if read.context("read failed")? == 0 {

@@ -296,7 +296,12 @@ impl Connection {
                 Role::Waiting { until, .. } => until,
             };
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(Ending::Drop),
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    // The relay is stopping: players are told the stream ended, as when a
+                    // publisher finishes, so they close instead of waiting for more.
+                    self.end_of_stream()?;
+                    return Ok(Ending::Flush);
+                }
                 read = reader.read(&mut buf) => {
                     let n = read.context("read failed")?;
                     if n == 0 {
