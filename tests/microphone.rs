@@ -187,15 +187,10 @@ fn assert_tone(name: &str, left: &[f32], right: &[f32]) {
 
 #[test]
 fn captures_a_tone_through_pulseaudio_and_survives_losing_it() {
-    if !have("pulseaudio") || !have("paplay") || !have("pactl") {
-        // CI runs scripts/setup first, so there a missing sound server is a failure.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "pulseaudio/paplay/pactl not found (scripts/setup installs them)"
-        );
-        eprintln!("pulseaudio/paplay/pactl not found: skipping (scripts/setup installs them)");
-        return;
-    }
+    assert!(
+        have("pulseaudio") && have("paplay") && have("pactl"),
+        "pulseaudio, paplay and pactl are needed by this test: run scripts/setup"
+    );
     let pulse = Pulse::start();
     // This test binary has a single test, so setting the environment is race-free.
     // libpulse (inside ALSA's pulse plugin) reads both when cpal opens the device.

@@ -70,9 +70,7 @@ fn video_ts(event: &PlayerEvent) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ffmpeg_recording_gets_every_frame_published_after_it_joined() {
-    if !ffmpeg_available() {
-        return;
-    }
+    require_ffmpeg();
     let relay = relay().await;
     let dir = tempfile::tempdir().unwrap();
     let url = rtmp_url(relay.local_addr, "test");
@@ -121,9 +119,7 @@ async fn ffmpeg_recording_gets_every_frame_published_after_it_joined() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn late_player_gets_headers_then_a_keyframe_then_live_frames() {
-    if !ffmpeg_available() {
-        return;
-    }
+    require_ffmpeg();
     let relay = relay().await;
     let dir = tempfile::tempdir().unwrap();
     let url = rtmp_url(relay.local_addr, "test");
@@ -210,9 +206,7 @@ async fn late_player_gets_headers_then_a_keyframe_then_live_frames() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn second_publisher_on_a_key_is_rejected_and_the_first_continues() {
-    if !ffmpeg_available() {
-        return;
-    }
+    require_ffmpeg();
     let relay = relay().await;
     let dir = tempfile::tempdir().unwrap();
     let url = rtmp_url(relay.local_addr, "test");
@@ -306,9 +300,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_closes_only_that_connection() {
-    if !ffmpeg_available() {
-        return;
-    }
+    require_ffmpeg();
     let relay = relay().await;
     let addr = relay.local_addr;
 

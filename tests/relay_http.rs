@@ -59,9 +59,7 @@ async fn wait_for_video(relay: &RelayHandle, key: &str, publisher: &mut ChildGua
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ffmpeg_publish_plays_over_http_flv_and_rtmp_with_stats() {
-    if !ffmpeg_available() {
-        return;
-    }
+    require_ffmpeg();
     // Merged writes on, as `onair relay` runs by default.
     let (relay, http) = relay(RelayConfig {
         merge_window: Duration::from_millis(30),
@@ -250,9 +248,7 @@ async fn http_errors_preflight_and_head() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_and_play_keys_accept_and_refuse() {
-    if !ffmpeg_available() {
-        return;
-    }
+    require_ffmpeg();
     let mut cfg = config();
     cfg.publish_keys = vec!["s3cret".into(), "other".into()];
     cfg.play_key = Some("watch".into());

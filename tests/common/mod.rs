@@ -29,7 +29,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// True when both `ffmpeg` and `ffprobe` run; tests that need them skip otherwise.
+/// True when both `ffmpeg` and `ffprobe` run.
 pub fn ffmpeg_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
@@ -42,12 +42,16 @@ pub fn ffmpeg_available() -> bool {
                 .map(|s| s.success())
                 .unwrap_or(false)
         };
-        let ok = runs("ffmpeg") && runs("ffprobe");
-        if !ok {
-            eprintln!("ffmpeg/ffprobe not found: skipping tests that need them");
-        }
-        ok
+        runs("ffmpeg") && runs("ffprobe")
     })
+}
+
+/// Fails the test when ffmpeg or ffprobe is missing: a test never passes without running.
+pub fn require_ffmpeg() {
+    assert!(
+        ffmpeg_available(),
+        "ffmpeg and ffprobe are needed by this test: run scripts/setup"
+    );
 }
 
 /// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it).
