@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod qa;
 pub mod relay;
+pub mod rtmp_guard;
 pub mod signals;
 pub mod stats;
 pub mod video;

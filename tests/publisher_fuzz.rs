@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use onair::publish::rtmp::parse_server_input;
-use onair::relay::chunk_guard::ChunkGuard;
+use onair::rtmp_guard::ChunkGuard;
 use proptest::prelude::*;
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,

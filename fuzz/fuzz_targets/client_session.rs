@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use onair::publish::rtmp::parse_server_input;
-use onair::relay::chunk_guard::ChunkGuard;
+use onair::rtmp_guard::ChunkGuard;
 use rml_rtmp::sessions::{ClientSession, ClientSessionConfig};
 
 fuzz_target!(|data: &[u8]| {

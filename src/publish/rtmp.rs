@@ -4,7 +4,7 @@
 use super::url::RtmpUrl;
 use crate::flv;
 use crate::media::{MediaKind, Packet, StreamHeaders};
-use crate::relay::chunk_guard::{ChunkGuard, MAX_COMMAND_SIZE};
+use crate::rtmp_guard::{ChunkGuard, MAX_COMMAND_SIZE};
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{

@@ -19,7 +19,6 @@
 //! publisher comes back on the same key ([`resume`]). A player asking for a key nobody
 //! publishes yet likewise waits for a publisher for that long before it is refused.
 
-pub mod chunk_guard;
 pub mod cli;
 pub mod codec;
 pub mod fuzz;

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::chunk_guard::{ChunkGuard, MAX_COMMAND_SIZE};
+use crate::rtmp_guard::{ChunkGuard, MAX_COMMAND_SIZE};
 use super::gop_cache::MediaMessage;
 use super::outbox::Outbox;
 use super::stream::{Kick, PlayerFeed, PlayerItem, ViewerKind};

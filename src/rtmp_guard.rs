@@ -5,7 +5,8 @@
 //! mid-way makes it panic, and deeply nested AMF0 values recurse until the thread's stack
 //! overflows (which aborts the whole process). [`ChunkGuard`] follows the chunk stream exactly
 //! as that parser frames it and refuses such input first, so a hostile peer only ever loses
-//! its own connection.
+//! its own connection. Both directions use it: the relay on what publishers and players send,
+//! the publisher on what a server answers.
 
 use std::collections::HashMap;
 
