@@ -102,6 +102,68 @@ fn delays(events: &[String]) -> Vec<(u32, f64)> {
         .collect()
 }
 
+/// What one run of the output loop did.
+struct Run {
+    result: Result<onair::publish::output::OutputSummary, onair::publish::rtmp::PublishError>,
+    events: Vec<String>,
+    log: String,
+    state: String,
+    took: Duration,
+}
+
+/// Streams the clip for `feed_for` through the real output loop with `cfg` (connecting
+/// first when `connect_first` is set) while `disturb` acts on the link.
+async fn stream_through(
+    cfg: OutputConfig,
+    connect_before: bool,
+    feed_for: Duration,
+    disturb: impl std::future::Future<Output = ()>,
+) -> Run {
+    let (headers, clip) = encoded_clip();
+    let (tx, rx) = mpsc::channel(512);
+    let stats = Arc::new(Stats::default());
+    let control = EncoderControl::new(400);
+    let first = if connect_before {
+        let c = connect_first(&cfg, &headers).await;
+        assert!(
+            c.is_ok(),
+            "first connection failed: {c:?}",
+            c = c.as_ref().err()
+        );
+        c.ok()
+    } else {
+        None
+    };
+    let started = Instant::now();
+    tokio::spawn(feed(tx, clip, started + feed_for));
+    let output = run_output(
+        &cfg,
+        &headers,
+        first,
+        rx,
+        &control,
+        &stats,
+        Duration::from_secs(1),
+        |_| {},
+    );
+    let disturb = async {
+        disturb.await;
+        std::future::pending::<()>().await
+    };
+    let result = tokio::select! {
+        r = output => r,
+        _ = disturb => unreachable!(),
+    };
+    let events = stats.events();
+    Run {
+        result,
+        log: events.join("\n"),
+        events,
+        state: stats.state(),
+        took: started.elapsed(),
+    }
+}
+
 #[test]
 fn backoff_keeps_doubling_after_a_session_longer_than_stable_after() {
     let rt = support_runtime();
@@ -109,25 +171,6 @@ fn backoff_keeps_doubling_after_a_session_longer_than_stable_after() {
         let relay = relay().await;
         let proxy = Proxy::start(&rt, relay.local_addr);
         let url = format!("rtmp://127.0.0.1:{}/live/long", proxy.port);
-        let cfg = config(&url, 0);
-        let (headers, clip) = encoded_clip();
-        let (tx, rx) = mpsc::channel(512);
-        let stats = Arc::new(Stats::default());
-        let control = EncoderControl::new(400);
-        let first = connect_first(&cfg, &headers).await.ok();
-        assert!(first.is_some(), "first connection failed");
-        let end = Instant::now() + Duration::from_millis(10_500);
-        tokio::spawn(feed(tx, clip, end));
-        let output = run_output(
-            &cfg,
-            &headers,
-            first,
-            rx,
-            &control,
-            &stats,
-            Duration::from_secs(1),
-            |_| {},
-        );
         let outage = async {
             // live for 3 s, longer than stable_after (2 s): the bug reset the schedule on
             // every failed retry from here on
@@ -135,16 +178,12 @@ fn backoff_keeps_doubling_after_a_session_longer_than_stable_after() {
             proxy.set_down(true);
             tokio::time::sleep(Duration::from_millis(3300)).await;
             proxy.set_down(false);
-            std::future::pending::<()>().await
         };
-        let result = tokio::select! {
-            r = output => r,
-            _ = outage => unreachable!(),
-        };
-        let events = stats.events();
-        let log = events.join("\n");
-        assert!(result.is_ok(), "{result:?}\n{log}");
-        let d = delays(&events);
+        let run =
+            stream_through(config(&url, 0), true, Duration::from_millis(10_500), outage).await;
+        let log = &run.log;
+        assert!(run.result.is_ok(), "{:?}\n{log}", run.result.err());
+        let d = delays(&run.events);
         // 0.2, 0.4, 0.8, 1.6 s while the server is away, then it is back
         assert!(d.len() >= 4, "{log}");
         for (i, (attempt, secs)) in d.iter().enumerate() {
@@ -167,49 +206,21 @@ fn max_reconnects_is_honoured_after_a_session_longer_than_stable_after() {
         let relay = relay().await;
         let proxy = Proxy::start(&rt, relay.local_addr);
         let url = format!("rtmp://127.0.0.1:{}/live/giveup", proxy.port);
-        let cfg = config(&url, 3);
-        let (headers, clip) = encoded_clip();
-        let (tx, rx) = mpsc::channel(512);
-        let stats = Arc::new(Stats::default());
-        let control = EncoderControl::new(400);
-        let first = connect_first(&cfg, &headers).await.ok();
-        assert!(first.is_some(), "first connection failed");
-        let end = Instant::now() + Duration::from_secs(30);
-        tokio::spawn(feed(tx, clip, end));
-        let started = Instant::now();
-        let output = run_output(
-            &cfg,
-            &headers,
-            first,
-            rx,
-            &control,
-            &stats,
-            Duration::from_secs(1),
-            |_| {},
-        );
         let outage = async {
             tokio::time::sleep(Duration::from_secs(3)).await;
             proxy.set_down(true);
-            std::future::pending::<()>().await
         };
-        let result = tokio::select! {
-            r = output => r,
-            _ = outage => unreachable!(),
-        };
-        let log = stats.events().join("\n");
-        assert!(result.is_err(), "kept retrying:\n{log}");
+        let run = stream_through(config(&url, 3), true, Duration::from_secs(30), outage).await;
+        let log = &run.log;
+        assert!(run.result.is_err(), "kept retrying:\n{log}");
         assert!(log.contains("gave up after 3 attempts"), "{log}");
         // 3 s live + 0.2 + 0.4 + 0.8 s of retries (and the refusals themselves)
-        let took = started.elapsed().as_secs_f64();
+        let took = run.took.as_secs_f64();
         assert!(
             (4.2..8.0).contains(&took),
             "gave up after {took:.1} s:\n{log}"
         );
-        assert!(
-            stats.state().starts_with("failed: gave up"),
-            "{}",
-            stats.state()
-        );
+        assert!(run.state.starts_with("failed: gave up"), "{}", run.state);
         relay.shutdown();
     });
 }
@@ -339,33 +350,13 @@ fn a_link_that_vanishes_without_a_fin_is_detected_and_the_relay_hands_the_key_ov
         let url = format!("rtmp://{}/live/frozen", proxy.addr);
         let mut cfg = config(&url, 0);
         cfg.stall_timeout = Duration::from_secs(2);
-        let (headers, clip) = encoded_clip();
-        let (tx, rx) = mpsc::channel(512);
-        let stats = Arc::new(Stats::default());
-        let control = EncoderControl::new(400);
-        let end = Instant::now() + Duration::from_secs(10);
-        tokio::spawn(feed(tx, clip, end));
-        let output = run_output(
-            &cfg,
-            &headers,
-            None,
-            rx,
-            &control,
-            &stats,
-            Duration::from_secs(1),
-            |_| {},
-        );
         let freeze = async {
             tokio::time::sleep(Duration::from_secs(3)).await;
             proxy.freeze.send_replace(true);
-            std::future::pending::<()>().await
         };
-        let result = tokio::select! {
-            r = output => r,
-            _ = freeze => unreachable!(),
-        };
-        let log = stats.events().join("\n");
-        assert!(result.is_ok(), "{result:?}\n{log}");
+        let run = stream_through(cfg, false, Duration::from_secs(10), freeze).await;
+        let log = &run.log;
+        assert!(run.result.is_ok(), "{:?}\n{log}", run.result.err());
         assert!(log.contains("delivered nothing for 2 s"), "{log}");
         // the relay let the reconnecting publisher take its own key back
         assert!(log.contains("reconnected to"), "{log}");

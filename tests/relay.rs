@@ -32,27 +32,6 @@ fn player_url(addr: SocketAddr, key: &str) -> RtmpUrl {
     RtmpUrl::parse(&rtmp_url(addr, key)).unwrap()
 }
 
-/// Waits until the relay has a stream on `live/test` with at least one video frame.
-async fn wait_for_video(relay: &RelayHandle, publisher: &mut ChildGuard) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(s) = relay.stats().stream(KEY) {
-            if s.video_packets_in > 1 {
-                return;
-            }
-        }
-        if let Some(status) = publisher.try_wait() {
-            panic!("publisher exited early ({status}):\n{}", publisher.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no video reached the relay:\n{}",
-            publisher.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Next player event, failing the test if none comes within `limit`.
 async fn next(player: &mut RtmpPlayer, limit: Duration) -> Option<PlayerEvent> {
     timeout(limit, player.next_event())
@@ -76,7 +55,7 @@ async fn ffmpeg_recording_gets_every_frame_published_after_it_joined() {
     let url = rtmp_url(relay.local_addr, "test");
     let started = Instant::now();
     let mut publisher = ChildGuard::spawn("publisher", ffmpeg_publisher(&url, 6), dir.path());
-    wait_for_video(&relay, &mut publisher).await;
+    wait_for_video(&relay, KEY, 2, &mut publisher).await;
     tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
 
     let out = dir.path().join("out.flv");
@@ -124,7 +103,7 @@ async fn late_player_gets_headers_then_a_keyframe_then_live_frames() {
     let dir = tempfile::tempdir().unwrap();
     let url = rtmp_url(relay.local_addr, "test");
     let mut publisher = ChildGuard::spawn("publisher", ffmpeg_publisher(&url, 5), dir.path());
-    wait_for_video(&relay, &mut publisher).await;
+    wait_for_video(&relay, KEY, 2, &mut publisher).await;
     let first_video = Instant::now();
     // Join 2.5 s in: mid-GOP (keyframes every second), long after the sequence headers.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -211,7 +190,7 @@ async fn second_publisher_on_a_key_is_rejected_and_the_first_continues() {
     let dir = tempfile::tempdir().unwrap();
     let url = rtmp_url(relay.local_addr, "test");
     let mut first = ChildGuard::spawn("first", ffmpeg_publisher(&url, 8), dir.path());
-    wait_for_video(&relay, &mut first).await;
+    wait_for_video(&relay, KEY, 2, &mut first).await;
     let owner = relay.stats().stream(KEY).unwrap().publisher;
 
     let mut player = RtmpPlayer::connect(
@@ -335,7 +314,7 @@ async fn hostile_input_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
     let url = rtmp_url(addr, "test");
     let mut publisher = ChildGuard::spawn("publisher", ffmpeg_publisher(&url, 3), dir.path());
-    wait_for_video(&relay, &mut publisher).await;
+    wait_for_video(&relay, KEY, 2, &mut publisher).await;
     let mut player = RtmpPlayer::connect(&player_url(addr, "test"), Duration::from_secs(5))
         .await
         .expect("player connects after hostile peers");

@@ -40,27 +40,6 @@ async fn relay(grace: Duration) -> (RelayHandle, SocketAddr) {
     (relay, http)
 }
 
-/// Waits until a publisher feeds `live/test` and at least `min` video messages came in.
-async fn wait_for_video(relay: &RelayHandle, min: u64, publisher: &mut ChildGuard) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(s) = relay.stats().stream(KEY) {
-            if s.publisher.is_some() && s.video_packets_in >= min {
-                return;
-            }
-        }
-        if let Some(status) = publisher.try_wait() {
-            panic!("publisher exited early ({status}):\n{}", publisher.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no video reached the relay:\n{}",
-            publisher.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// An ffmpeg publisher like [`ffmpeg_publisher`], logging its stderr under `name`.
 fn publisher(url: &str, seconds: u32, name: &str, dir: &Path) -> ChildGuard {
     ChildGuard::spawn(name, ffmpeg_publisher(url, seconds), dir)
@@ -144,7 +123,7 @@ async fn viewers_keep_watching_through_a_publisher_blip() {
     let dir = tempfile::tempdir().unwrap();
     let rtmp = rtmp_url(relay.local_addr, "test");
     let mut first = publisher(&rtmp, 60, "first", dir.path());
-    wait_for_video(&relay, 2, &mut first).await;
+    wait_for_video(&relay, KEY, 2, &mut first).await;
 
     let rtmp_out = dir.path().join("rtmp.flv");
     let http_out = dir.path().join("http.flv");
@@ -181,7 +160,7 @@ async fn viewers_keep_watching_through_a_publisher_blip() {
     // A new publisher on the same key about a second later, restarting its clock at 0.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut second = publisher(&rtmp, 3, "second", dir.path());
-    wait_for_video(&relay, 2, &mut second).await;
+    wait_for_video(&relay, KEY, 2, &mut second).await;
     eprintln!("publisher back after {:?}", dropped.elapsed());
     assert!(rtmp_reader.try_wait().is_none(), "{}", rtmp_reader.log());
     assert!(http_reader.try_wait().is_none(), "{}", http_reader.log());
@@ -258,7 +237,7 @@ async fn viewers_are_closed_and_waiting_players_refused_when_grace_ends() {
     let dir = tempfile::tempdir().unwrap();
     let rtmp = rtmp_url(relay.local_addr, "test");
     let mut first = publisher(&rtmp, 60, "publisher", dir.path());
-    wait_for_video(&relay, 2, &mut first).await;
+    wait_for_video(&relay, KEY, 2, &mut first).await;
     let mut rtmp_reader = ChildGuard::spawn(
         "rtmp-reader",
         ffmpeg_recorder(&rtmp, &dir.path().join("rtmp.flv")),

@@ -24,13 +24,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::rtmp_guard::{ChunkGuard, MAX_COMMAND_SIZE};
 use super::gop_cache::MediaMessage;
 use super::outbox::Outbox;
 use super::stream::{Kick, PlayerFeed, PlayerItem, ViewerKind};
 use super::wire::CHUNK_SIZE;
 use super::{masked_stream_id, split_stream_name, stream_id, PublishAuth, Relay};
 use crate::media::MediaKind;
+use crate::rtmp_guard::{ChunkGuard, MAX_COMMAND_SIZE};
 
 /// A player's unsent bytes above which no more media is taken from its queue, so a slow
 /// socket shows up as a full queue (and a disconnect) instead of growing memory.

@@ -54,6 +54,35 @@ pub fn require_ffmpeg() {
     );
 }
 
+/// Waits until a publisher feeds `key` on `relay` and at least `min` video messages came in;
+/// fails the test if the publisher exits first or nothing arrives within 15 s.
+pub async fn wait_for_video(
+    relay: &onair::relay::RelayHandle,
+    key: &str,
+    min: u64,
+    publisher: &mut ChildGuard,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if relay
+            .stats()
+            .stream(key)
+            .is_some_and(|s| s.publisher.is_some() && s.video_packets_in >= min)
+        {
+            return;
+        }
+        if let Some(status) = publisher.try_wait() {
+            panic!("publisher exited early ({status}):\n{}", publisher.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no video reached the relay:\n{}",
+            publisher.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
