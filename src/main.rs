@@ -223,6 +223,14 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
+    // A probe that decoded nothing measured nothing: say so with the exit status too, so a
+    // script never takes an empty report for a good stream.
+    anyhow::ensure!(
+        summary.frames_decoded > 0,
+        "measured nothing: no H.264 picture could be decoded from {} (is it empty, truncated, \
+         audio-only or another codec?)",
+        summary.source
+    );
     Ok(())
 }
 

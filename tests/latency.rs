@@ -351,3 +351,42 @@ fn probe_of_an_unstamped_file_says_so() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot open"));
 }
+
+#[test]
+fn probe_fails_when_it_measured_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.flv");
+    std::fs::write(&empty, b"").unwrap();
+    let garbage = dir.path().join("garbage.flv");
+    std::fs::write(
+        &garbage,
+        (0..50_000u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let audio_only = dir.path().join("audio.flv");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .args(["sine=frequency=440:duration=2", "-c:a", "aac", "-f", "flv"])
+        .arg(&audio_only)
+        .status()
+        .expect("ffmpeg (run scripts/setup)");
+    assert!(made.success());
+    for (file, says) in [
+        (&empty, "measured nothing"),
+        (&garbage, "not an FLV"),
+        (&audio_only, "measured nothing"),
+    ] {
+        let out = std::process::Command::new(support::onair())
+            .args(["probe", "--quiet"])
+            .arg(file)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: exit 0\n{err}", file.display());
+        assert!(err.contains(says), "{}: {err}", file.display());
+        assert!(!err.contains("panicked"), "{}: {err}", file.display());
+    }
+}
