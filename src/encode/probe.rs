@@ -100,7 +100,7 @@ impl ProbeReport {
     /// The table `onair encoders` prints: backend, availability or reason, and the default.
     pub fn table(&self, selection: &Selection) -> String {
         let mut out = format!(
-            "H.264 (probed in {:.2} s, each backend given {} s; `auto` takes the first available):\n",
+            "H.264 (probed in {:.2} s, all backends at once, given {} s; `auto` takes the first available):\n",
             self.elapsed.as_secs_f64(),
             PROBE_TIMEOUT.as_secs()
         );
