@@ -47,6 +47,9 @@ pub struct NetworkSettings {
     pub max_reconnect_attempts: u32,
     /// Longest wait between reconnect attempts, in seconds.
     pub max_reconnect_delay_secs: u32,
+    /// Random spread of each reconnect delay (0.2: ±20 %), so many encoders behind one
+    /// failed server do not all come back at the same instant; 0 for exact delays.
+    pub reconnect_jitter: f64,
 }
 
 impl Default for NetworkSettings {
@@ -56,6 +59,7 @@ impl Default for NetworkSettings {
             min_bitrate_kbps: 0,
             max_reconnect_attempts: 0,
             max_reconnect_delay_secs: 30,
+            reconnect_jitter: 0.2,
         }
     }
 }
@@ -257,6 +261,12 @@ impl Settings {
             bail!(
                 "network.max_reconnect_delay_secs = {} is invalid: use 1 to 600",
                 n.max_reconnect_delay_secs
+            );
+        }
+        if !(0.0..=0.5).contains(&n.reconnect_jitter) {
+            bail!(
+                "network.reconnect_jitter = {} is invalid: use 0 to 0.5",
+                n.reconnect_jitter
             );
         }
         Ok(())

@@ -15,6 +15,7 @@ use crate::live_control::LiveHooks;
 use crate::media::VideoFrame;
 use crate::media::{MediaKind, Packet, StreamHeaders};
 use crate::publish::output::{run_output, EncoderControl, OutputConfig, WrittenHook};
+use crate::publish::rtmp::PublishError;
 use crate::publish::url::RtmpUrl;
 use crate::qa::stamp::{self, Stage, StageRecorder, StageReport, WallAnchor};
 use crate::relay::{start_relay, RelayConfig, RelayHandle};
@@ -192,6 +193,7 @@ fn output_config(
     };
     cfg.backoff.max_attempts = s.network.max_reconnect_attempts;
     cfg.backoff.max = Duration::from_secs(s.network.max_reconnect_delay_secs as u64);
+    cfg.backoff.jitter = s.network.reconnect_jitter;
     if !s.network.adaptive_bitrate {
         cfg.abr = None;
     } else if let Some(abr) = cfg.abr.as_mut() {
@@ -360,7 +362,11 @@ pub async fn run_live(
             record_error = Some(format!("recording could not be finished: {e}"));
         }
     }
-    let summary = result.map_err(|e| anyhow::Error::new(e).context("the stream ended"))?;
+    let summary = result.map_err(|e| match e {
+        // already says the whole story
+        PublishError::NeverLive { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context("the stream ended"),
+    })?;
     if let Some(e) = shared
         .error
         .lock()

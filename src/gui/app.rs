@@ -189,6 +189,8 @@ pub struct OnAirApp {
     form: DestinationForm,
     confirm_stop: bool,
     render_state: Option<egui_wgpu::RenderState>,
+    /// The filters render on this window's device, so their texture can be drawn here.
+    shares_filters_device: bool,
     preview: PreviewTexture,
     /// Sources changed: reopen the preview at this time.
     preview_restart: Option<Instant>,
@@ -220,14 +222,19 @@ impl OnAirApp {
     /// preview is drawn straight from their texture.
     pub fn new(cc: &eframe::CreationContext<'_>, settings: Settings, options: AppOptions) -> Self {
         let render_state = cc.wgpu_render_state.clone();
+        // Whether the filters render on this window's device. wgpu compares devices by an id
+        // that devices of two instances can share, so this is known only from who installed
+        // the process-wide device: a texture of another instance must never be drawn here.
+        let mut shares_filters_device = false;
         if let Some(rs) = &render_state {
             let ctx = crate::video::gpu::GpuContext::from_existing(
                 rs.device.clone(),
                 rs.queue.clone(),
                 rs.adapter.get_info(),
             );
-            if !crate::video::gpu::GpuContext::install(Arc::new(ctx)) {
-                tracing::debug!("the GPU device was already chosen; the preview may be off");
+            shares_filters_device = crate::video::gpu::GpuContext::install(Arc::new(ctx));
+            if !shares_filters_device {
+                tracing::debug!("the GPU device was already chosen; the preview is off");
             }
         }
         let encoders = Arc::new(OnceLock::new());
@@ -278,6 +285,7 @@ impl OnAirApp {
             history_generation: u64::MAX,
             confirm_stop: false,
             render_state,
+            shares_filters_device,
             preview: PreviewTexture {
                 generation: u64::MAX,
                 id: None,
@@ -520,11 +528,8 @@ impl OnAirApp {
         };
         // The texture must live on the window's device (it does unless another device was
         // chosen before the window opened).
-        let same_device = crate::video::gpu::GpuContext::shared()
-            .map(|g| g.device == rs.device)
-            .unwrap_or(false);
         self.preview.generation = self.session.generation();
-        if !same_device {
+        if !self.shares_filters_device {
             return;
         }
         let view = texture.create_view(&Default::default());
